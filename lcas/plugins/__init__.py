@@ -1,0 +1,1 @@
+"""lcas/plugins."""

@@ -1,0 +1,220 @@
+"""Credentials: load an X.509 proxy (or a bare PEM chain) and verify it.
+
+This is the one place that knows X.509 and VOMS. Everything else (LCAS,
+LCMAPS plugins, the SCAS server, glexec) works with :class:`Credential`,
+whose ``identity`` is the end-entity subject in OpenSSL one-line form, the
+exact string C LCMAPS uses as the key of every mapfile.
+
+Typical use::
+
+    trust = TrustStore(certdir="/etc/grid-security/certificates",
+                       vomsdir="/etc/grid-security/vomsdir")
+    cred = verify_credential(load_proxy_file(path), trust)
+    cred.identity, cred.fqans
+
+Every check takes ``now=`` so tests never depend on the wall clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from lcmaps import proxy_chain, voms
+from lcmaps.credential_errors import MalformedCredential
+from lcmaps.dn import oneline
+
+__all__ = [
+    "Credential",
+    "ProxyPolicy",
+    "ProxyType",
+    "TrustStore",
+    "VomsAttributes",
+    "load_pem",
+    "load_proxy_file",
+    "verify_credential",
+]
+
+VomsAttributes = voms.VomsAttributes
+ProxyType = proxy_chain.ProxyType
+ProxyPolicy = proxy_chain.ProxyPolicy
+
+# A proxy file is a few KB; anything much bigger is not a credential.
+MAX_PEM_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class TrustStore:
+    """Where trust comes from: a hashed CA directory (with CRLs) and a vomsdir."""
+
+    certdir: str
+    vomsdir: str | None = None
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A parsed (and, after :func:`verify_credential`, verified) certificate chain.
+
+    ``chain`` is leaf first: proxies, then the end-entity certificate, then
+    any CA certificates the file carried. ``voms`` is empty until the ACs
+    have been verified, unless the caller asked for them unverified.
+    """
+
+    chain: tuple[x509.Certificate, ...]
+    key: PrivateKeyTypes | None = None
+    identity_index: int = 0
+    proxy_type: ProxyType = ProxyType.NONE
+    limited: bool = False
+    verified: bool = False
+    voms: tuple[VomsAttributes, ...] = field(default=())
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+    @property
+    def end_entity(self) -> x509.Certificate:
+        return self.chain[self.identity_index]
+
+    @property
+    def subject(self) -> str:
+        return oneline(self.leaf.subject)
+
+    @property
+    def issuer(self) -> str:
+        return oneline(self.leaf.issuer)
+
+    @property
+    def identity(self) -> str:
+        """The user's DN: end-entity subject, OpenSSL one-line form."""
+        return oneline(self.end_entity.subject)
+
+    @property
+    def identity_issuer(self) -> str:
+        return oneline(self.end_entity.issuer)
+
+    @property
+    def proxy_depth(self) -> int:
+        return self.identity_index
+
+    @property
+    def not_before(self) -> datetime:
+        return max(c.not_valid_before_utc for c in self.chain[: self.identity_index + 1])
+
+    @property
+    def not_after(self) -> datetime:
+        return min(c.not_valid_after_utc for c in self.chain[: self.identity_index + 1])
+
+    @property
+    def fqans(self) -> tuple[str, ...]:
+        """All FQANs, in AC order (the order LCMAPS maps them in)."""
+        return tuple(f for ac in self.voms for f in ac.fqans)
+
+    @property
+    def vo(self) -> str | None:
+        return self.voms[0].vo if self.voms else None
+
+    def time_left(self, now: datetime | None = None) -> float:
+        now = now or datetime.now(UTC)
+        return max(0.0, (self.not_after - now).total_seconds())
+
+    def pem_chain(self) -> bytes:
+        """The chain as concatenated PEM (no key): what an XACML cert-chain carries."""
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.chain)
+
+
+def load_pem(data: bytes | str, *, source: str = "PEM data") -> Credential:
+    """Parse a PEM chain, optionally with one private key (a proxy file).
+
+    The chain is kept in file order (leaf first, as proxy files are written).
+    The end-entity is located structurally (first certificate that is not a
+    proxy of the next one); nothing is trusted yet.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    if len(data) > MAX_PEM_BYTES:
+        raise MalformedCredential(f"{source}: larger than {MAX_PEM_BYTES} bytes")
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise MalformedCredential(f"{source}: no parseable certificate ({exc})") from None
+    key = _load_key(data, source)
+    if key is not None and key.public_key() != certs[0].public_key():
+        raise MalformedCredential(f"{source}: private key does not match the first certificate")
+    ptype, limited, ee_index = proxy_chain.classify(certs)
+    return Credential(
+        chain=tuple(certs), key=key, identity_index=ee_index, proxy_type=ptype, limited=limited
+    )
+
+
+def load_proxy_file(path: str | os.PathLike[str]) -> Credential:
+    """Read a proxy file (``X509_USER_PROXY`` style: cert, key, chain)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_PEM_BYTES + 1)
+    except OSError as exc:
+        raise MalformedCredential(f"{os.fspath(path)}: cannot read ({exc.strerror})") from None
+    return load_pem(data, source=os.fspath(path))
+
+
+def _load_key(data: bytes, source: str) -> PrivateKeyTypes | None:
+    marker = b"PRIVATE KEY-----"
+    start = data.find(b"-----BEGIN ")
+    while start != -1:
+        end_of_line = data.find(b"\n", start)
+        header = data[start:end_of_line]
+        if header.endswith(marker) or header.rstrip(b"\r").endswith(marker):
+            label = header[len(b"-----BEGIN ") :].rstrip(b"\r").rstrip(b"-")
+            stop = data.find(b"-----END " + label + b"-----", start)
+            if stop == -1:
+                raise MalformedCredential(f"{source}: unterminated private key block")
+            block = data[start : stop + len(b"-----END " + label + b"-----")]
+            try:
+                return serialization.load_pem_private_key(block, password=None)
+            except (ValueError, TypeError) as exc:
+                raise MalformedCredential(f"{source}: unreadable private key ({exc})") from None
+        start = data.find(b"-----BEGIN ", start + 1)
+    return None
+
+
+def verify_credential(
+    cred: Credential,
+    trust: TrustStore,
+    *,
+    now: datetime | None = None,
+    policy: ProxyPolicy | None = None,
+    verify_voms: bool = True,
+    vo_allow: Sequence[str] | None = None,
+) -> Credential:
+    """Verify the chain (and the VOMS ACs) and return the credential marked verified.
+
+    Raises a :class:`~lcmaps.credential_errors.CredentialError` subclass naming
+    the first failure. ``policy`` carries the site's proxy rules (limited
+    proxies, path length, per-level lifetimes). With ``verify_voms`` false the
+    ACs are not read at all (FQANs stay empty): unverified attributes are
+    never handed out.
+    """
+    now = now or datetime.now(UTC)
+    policy = policy or ProxyPolicy()
+    proxy_chain.verify_chain(cred.chain, cred.identity_index, trust.certdir, now=now,
+                             policy=policy)
+    acs: tuple[VomsAttributes, ...] = ()
+    if verify_voms and trust.vomsdir is not None:
+        acs = voms.verified_attributes(cred.chain, cred.identity_index, trust.vomsdir,
+                                       trust.certdir, now=now)
+        if vo_allow is not None:
+            acs = tuple(ac for ac in acs if ac.vo in vo_allow)
+        policy.check_voms_lifetime(acs, now=now)
+    return replace(cred, verified=True, voms=acs)
+
+
+def read_voms_unverified(cred: Credential) -> tuple[VomsAttributes, ...]:
+    """The ACs as they claim to be, for display only (``inspect-proxy``)."""
+    return voms.parse_attributes(cred.chain)
