@@ -1,0 +1,78 @@
+"""The SAML2-XACML2 (SCAS / authz-interop) wire protocol, shared by server and client.
+
+lxml only, cheap to import. The pieces live in:
+  xacml_ids       namespaces, attribute and obligation ids, status codes
+  xacml_errors    one exception per kind of refusal (each knows its XACML status code)
+  xacml_safe      hardened parsing (size, encoding, DTD, depth, count)
+  xacml_request   AuthzRequest, parse_request (server), build_request (client)
+  xacml_response  Decision, build_response / soap_fault / error_response (server),
+                  parse_response (client)
+  xacml_wsdl      wsdl(location): the WSDL 1.1 of the one Authorize operation
+
+Server use::
+
+    try:
+        req = parse_request(body)
+    except XacmlError as exc:
+        return exc.http_status, error_response(exc, issuer=ME)
+    return 200, build_response(req, Decision.permit(uid=..., gid=...), issuer=ME)
+"""
+
+from __future__ import annotations
+
+from client import xacml_ids as ids
+from client.xacml_errors import (
+    InvalidEncoding,
+    MalformedQuery,
+    MalformedResponse,
+    MessageTooLarge,
+    MissingAttribute,
+    NotSoap,
+    ResponseMismatch,
+    SoapFaultReceived,
+    XacmlError,
+    XmlRejected,
+    one_line,
+)
+from client.xacml_request import AuthzRequest, build_request, parse_request
+from client.xacml_response import (
+    Decision,
+    build_response,
+    error_response,
+    parse_response,
+    soap_fault,
+)
+from client.xacml_safe import DEFAULT_LIMITS, Limits, parse_xml
+from client.xacml_wsdl import wsdl
+
+CONTENT_TYPE_SOAP11 = "text/xml; charset=utf-8"
+CONTENT_TYPE_SOAP12 = "application/soap+xml; charset=utf-8"
+
+__all__ = [
+    "CONTENT_TYPE_SOAP11",
+    "CONTENT_TYPE_SOAP12",
+    "DEFAULT_LIMITS",
+    "AuthzRequest",
+    "Decision",
+    "InvalidEncoding",
+    "Limits",
+    "MalformedQuery",
+    "MalformedResponse",
+    "MessageTooLarge",
+    "MissingAttribute",
+    "NotSoap",
+    "ResponseMismatch",
+    "SoapFaultReceived",
+    "XacmlError",
+    "XmlRejected",
+    "build_request",
+    "build_response",
+    "error_response",
+    "ids",
+    "one_line",
+    "parse_request",
+    "parse_response",
+    "parse_xml",
+    "soap_fault",
+    "wsdl",
+]

@@ -1,0 +1,84 @@
+"""One exception class per way a SCAS message can be refused.
+
+Each class carries the XACML status code it maps to (`status_code`), whether the reply is a
+SOAP Fault rather than an Indeterminate decision (`fault`), and a suggested HTTP status
+(`http_status`). The message is always one short line, safe to log and to send back.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from client import xacml_ids as ids
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """Collapse control characters and bound the length, for log lines and status messages."""
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
+    cleaned = " ".join(cleaned.split())
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
+class XacmlError(Exception):
+    """Base class: a message that cannot be used, with a one-line reason."""
+
+    status_code: ClassVar[str] = ids.STATUS_SYNTAX_ERROR
+    fault: ClassVar[bool] = True
+    http_status: ClassVar[int] = 400
+
+    def __init__(self, reason: str, *, request_id: str | None = None, soap12: bool = False):
+        self.reason = one_line(reason)
+        #: the query ID when it was readable, so an Indeterminate can still say InResponseTo
+        self.request_id = request_id
+        #: answer in SOAP 1.2 when the envelope was 1.2
+        self.soap12 = soap12
+        super().__init__(self.reason)
+
+
+class MessageTooLarge(XacmlError):
+    """Body larger than the configured bound; refused before any parsing."""
+
+    http_status = 413
+
+
+class InvalidEncoding(XacmlError):
+    """Body is not UTF-8 (or declares another encoding)."""
+
+
+class XmlRejected(XacmlError):
+    """The XML uses something we never parse: a DTD, entities, too deep, too many nodes."""
+
+
+class NotSoap(XacmlError):
+    """Not a SOAP envelope with a body, or not XML at all: answered with a SOAP Fault."""
+
+    http_status = 500  # SOAP 1.1 HTTP binding: faults travel with 500
+
+
+class MalformedQuery(XacmlError):
+    """A SOAP envelope whose body is not a usable XACMLAuthzDecisionQuery."""
+
+    fault = False
+    http_status = 200
+
+
+class MissingAttribute(MalformedQuery):
+    """A well-formed query lacking an attribute needed for a decision."""
+
+    status_code = ids.STATUS_MISSING_ATTRIBUTE
+
+
+class MalformedResponse(XacmlError):
+    """Client side: the service's reply is not a usable SAML2-XACML2 response."""
+
+    status_code = ids.STATUS_PROCESSING_ERROR
+
+
+class SoapFaultReceived(XacmlError):
+    """Client side: the service answered with a SOAP Fault."""
+
+    status_code = ids.STATUS_PROCESSING_ERROR
+
+
+class ResponseMismatch(MalformedResponse):
+    """Client side: the reply's InResponseTo is not the ID of the query we sent."""

@@ -1,0 +1,371 @@
+"""The XACMLAuthzDecisionQuery: parse one (server side) and build one (client side).
+
+Everything is matched by namespace URI, never by prefix: the C library, OpenSAML and our own
+builder all use different prefixes. Both SOAP 1.1 and 1.2 envelopes and both generations of
+the SAML-XACML protocol namespace are accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from lxml import etree
+
+from client import xacml_ids as ids
+from client.xacml_errors import MalformedQuery, MissingAttribute, NotSoap, XacmlError
+from client.xacml_safe import Limits, parse_xml
+
+CATEGORIES = ("subject", "resource", "action", "environment")
+_SECTION = {
+    f"{{{ids.NS_CONTEXT}}}Subject": "subject",
+    f"{{{ids.NS_CONTEXT}}}Resource": "resource",
+    f"{{{ids.NS_CONTEXT}}}Action": "action",
+    f"{{{ids.NS_CONTEXT}}}Environment": "environment",
+}
+_ATTRIBUTE = f"{{{ids.NS_CONTEXT}}}Attribute"
+_VALUE = f"{{{ids.NS_CONTEXT}}}AttributeValue"
+_REQUEST = f"{{{ids.NS_CONTEXT}}}Request"
+_ISSUER = f"{{{ids.NS_SAML}}}Issuer"
+
+
+@dataclass(frozen=True)
+class AuthzRequest:
+    """What a PEP asked, as plain values.
+
+    `fqans` lists the primary FQAN first, then the others in the order sent (no duplicates).
+    `attributes` keeps every (category, AttributeId, value) in document order, so nothing
+    the PEP sent is lost. `request_element` is the original xacml-context:Request, for the
+    ReturnContext echo; it is excluded from comparisons.
+    """
+
+    request_id: str
+    issue_instant: str | None = None
+    issuer: str | None = None
+    subject_dn: str | None = None
+    subject_issuer: str | None = None
+    cert_chain: bytes | None = None
+    vo: str | None = None
+    primary_fqan: str | None = None
+    fqans: tuple[str, ...] = ()
+    resource_id: str | None = None
+    resource_type: str | None = None  # "wn", "ce", "se" when resource_id uses the AI prefix
+    action_id: str | None = None
+    action_type: str | None = None  # "execute-now", "queue", "access" likewise
+    host: str | None = None
+    pep_dn: str | None = None
+    pilot_dn: str | None = None
+    pep_oblig_supported: tuple[str, ...] = ()
+    return_context: bool = False
+    input_context_only: bool = False
+    soap12: bool = False
+    query_ns: str = ids.NS_XACML_SAMLP_V2
+    attributes: tuple[tuple[str, str, str], ...] = ()
+    request_element: etree._Element | None = field(default=None, compare=False, repr=False)
+
+    def values(self, category: str, attribute_id: str) -> tuple[str, ...]:
+        """All values of one attribute in one category, in the order sent."""
+        return tuple(v for c, a, v in self.attributes if c == category and a == attribute_id)
+
+
+def _bool_attr(query: etree._Element, name: str, request_id: str) -> bool:
+    raw = query.get(name)
+    if raw is None:
+        return False
+    value = raw.strip()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise MalformedQuery(f"{name}={raw!r} is not a boolean", request_id=request_id)
+
+
+def _find_query(root: etree._Element) -> tuple[etree._Element, bool]:
+    """The query element inside a SOAP envelope; NotSoap if there is no envelope/body."""
+    tag = etree.QName(root)
+    if tag.localname != "Envelope" or tag.namespace not in ids.SOAP_ENVELOPES:
+        name = f"{{{tag.namespace or ''}}}{tag.localname}"
+        raise NotSoap(f"root element is {name}, not a SOAP Envelope")
+    soap_ns = tag.namespace
+    bodies = root.findall(f"{{{soap_ns}}}Body")
+    if len(bodies) != 1:
+        raise NotSoap("SOAP envelope must hold exactly one Body")
+    children = [c for c in bodies[0] if isinstance(c.tag, str)]
+    soap12 = soap_ns == ids.NS_SOAP12
+    if not children:
+        raise MalformedQuery("SOAP Body is empty", soap12=soap12)
+    query = children[0]
+    qname = etree.QName(query)
+    if qname.localname != "XACMLAuthzDecisionQuery" or qname.namespace not in ids.QUERY_NAMESPACES:
+        raise MalformedQuery(
+            f"SOAP Body holds {{{qname.namespace or ''}}}{qname.localname}, "
+            "expected XACMLAuthzDecisionQuery",
+            soap12=soap12,
+        )
+    if len(children) > 1:
+        raise MalformedQuery("SOAP Body holds more than one element", soap12=soap12)
+    return query, soap12
+
+
+def _collect(request: etree._Element, request_id: str) -> list[tuple[str, str, str]]:
+    found: list[tuple[str, str, str]] = []
+    for section in request:
+        category = _SECTION.get(section.tag) if isinstance(section.tag, str) else None
+        if category is None:
+            continue
+        if category == "subject":
+            kind = section.get("SubjectCategory", ids.SUBJECT_CATEGORY_ACCESS).strip()
+            if kind != ids.SUBJECT_CATEGORY_ACCESS:
+                continue  # intermediaries and the like: kept in the echo, not interpreted
+        for attribute in section.iterchildren(_ATTRIBUTE):
+            attribute_id = (attribute.get("AttributeId") or "").strip()
+            if not attribute_id:
+                raise MalformedQuery("Attribute without AttributeId", request_id=request_id)
+            for value in attribute.iterchildren(_VALUE):
+                found.append((category, attribute_id, _text(value)))
+    return found
+
+
+def _text(element: etree._Element) -> str:
+    """All character data of an element (AttributeValue is mixed content)."""
+    return "".join(str(t) for t in element.itertext())
+
+
+def _pem(value: str, request_id: str) -> bytes:
+    """The cert-chain is PEM text despite its base64Binary type; tolerate real base64 of PEM."""
+    if "-----BEGIN" in value:
+        return value.strip().encode("utf-8") + b"\n"
+    try:
+        decoded = base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if b"-----BEGIN" not in decoded:
+        raise MalformedQuery("cert-chain is neither PEM nor base64 of PEM", request_id=request_id)
+    return decoded.strip() + b"\n"
+
+
+def _suffix(value: str | None, prefix: str) -> str | None:
+    if value is not None and value.startswith(prefix) and len(value) > len(prefix):
+        return value[len(prefix) :]
+    return None
+
+
+def parse_request(
+    body: bytes,
+    *,
+    max_bytes: int = 1 << 20,
+    max_depth: int = 32,
+    max_elements: int = 10_000,
+) -> AuthzRequest:
+    """Parse a SOAP-wrapped XACMLAuthzDecisionQuery into an AuthzRequest.
+
+    Raises a subclass of XacmlError: MessageTooLarge / InvalidEncoding / XmlRejected / NotSoap
+    (answer with `soap_fault`), MalformedQuery / MissingAttribute (answer Indeterminate with
+    the exception's `status_code`; `error_response` does the right thing for all of them).
+    A query naming neither subject-x509-id nor cert-chain is a MissingAttribute.
+    """
+    root = parse_xml(body, Limits(max_bytes, max_depth, max_elements))
+    query, soap12 = _find_query(root)
+    request_id = (query.get("ID") or "").strip()
+    try:
+        return _interpret(query, request_id, soap12)
+    except XacmlError as exc:
+        exc.request_id = exc.request_id or request_id or None
+        exc.soap12 = soap12
+        raise
+
+
+def _interpret(query: etree._Element, request_id: str, soap12: bool) -> AuthzRequest:
+    if not request_id:
+        raise MalformedQuery("XACMLAuthzDecisionQuery has no ID")
+    version = query.get("Version")
+    if version is not None and version.strip() != "2.0":
+        raise MalformedQuery(f"unsupported query Version {version!r}")
+    requests = query.findall(_REQUEST)
+    if len(requests) != 1:
+        raise MalformedQuery("query must hold exactly one xacml-context:Request")
+    issuer_el = query.find(_ISSUER)
+    issuer = (issuer_el.text or "").strip() or None if issuer_el is not None else None
+    attributes = _collect(requests[0], request_id)
+
+    def first(category: str, *names: str) -> str | None:
+        for c, a, v in attributes:
+            if c == category and a in names and v.strip():
+                return v.strip()
+        return None
+
+    def every(category: str, name: str) -> list[str]:
+        return [v.strip() for c, a, v in attributes if c == category and a == name and v.strip()]
+
+    chain_value = next(
+        (v for c, a, v in attributes if c == "subject" and a == ids.ATTR_CERT_CHAIN and v.strip()),
+        None,
+    )
+    cert_chain = _pem(chain_value, request_id) if chain_value is not None else None
+    subject_dn = first("subject", ids.ATTR_SUBJECT_DN)
+    if subject_dn is None and cert_chain is None:
+        raise MissingAttribute("request names neither subject-x509-id nor cert-chain")
+    others = every("subject", ids.ATTR_FQAN)
+    primary = first("subject", ids.ATTR_PRIMARY_FQAN) or (others[0] if others else None)
+    fqans = list(dict.fromkeys(([primary] if primary else []) + others))
+    resource_id = first("resource", ids.ATTR_RESOURCE_ID)
+    action_id = first("action", ids.ATTR_ACTION_ID)
+    return AuthzRequest(
+        request_id=request_id,
+        issue_instant=(query.get("IssueInstant") or "").strip() or None,
+        issuer=issuer,
+        subject_dn=subject_dn,
+        subject_issuer=first("subject", ids.ATTR_SUBJECT_ISSUER),
+        cert_chain=cert_chain,
+        vo=first("subject", ids.ATTR_VO),
+        primary_fqan=primary,
+        fqans=tuple(fqans),
+        resource_id=resource_id,
+        resource_type=_suffix(resource_id, ids.RESOURCE_TYPE_PREFIX),
+        action_id=action_id,
+        action_type=_suffix(action_id, ids.ACTION_TYPE_PREFIX),
+        host=first("resource", ids.ATTR_HOST),
+        pep_dn=first("resource", ids.ATTR_RESOURCE_DN),
+        pilot_dn=first("environment", ids.ATTR_PILOT_DN, ids.ATTR_PILOT_DN_TYPO),
+        pep_oblig_supported=tuple(dict.fromkeys(every("environment", ids.ATTR_OBLIG_SUPPORTED))),
+        return_context=_bool_attr(query, "ReturnContext", request_id),
+        input_context_only=_bool_attr(query, "InputContextOnly", request_id),
+        soap12=soap12,
+        query_ns=etree.QName(query).namespace or ids.NS_XACML_SAMLP_V2,
+        attributes=tuple(attributes),
+        request_element=requests[0],
+    )
+
+
+def utc_instant(now: datetime | None = None) -> str:
+    """xsd:dateTime in UTC with second resolution, as the C library writes it."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_id() -> str:
+    """A fresh xsd:ID (an NCName): the C library's IDs are not unique, ours are."""
+    return "ID-" + secrets.token_hex(16)
+
+
+def envelope(
+    soap12: bool, query_ns: str = ids.NS_XACML_SAMLP_V2
+) -> tuple[etree._Element, etree._Element]:
+    """A SOAP Envelope and its Body, with every prefix we use declared once on the Envelope."""
+    soap_ns = ids.NS_SOAP12 if soap12 else ids.NS_SOAP11
+    nsmap = {"SOAP-ENV": soap_ns, **ids.NSMAP}
+    nsmap["XACMLsamlp"] = query_ns
+    nsmap["XACMLassertion"] = ids.QUERY_NAMESPACES.get(query_ns, ids.NS_XACML_SAML_V2)
+    env = etree.Element(f"{{{soap_ns}}}Envelope", nsmap=nsmap)
+    return env, etree.SubElement(env, f"{{{soap_ns}}}Body")
+
+
+def serialize(env: etree._Element) -> bytes:
+    """One line of UTF-8 with a double-quoted XML declaration, like gSOAP writes."""
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + etree.tostring(
+        env, encoding="UTF-8", xml_declaration=False
+    )
+
+
+def _add(
+    section: etree._Element, attribute_id: str, value: str, data_type: str = ids.DT_STRING
+) -> None:
+    if any(ord(ch) < 0x20 and ch not in "\n\r\t" for ch in value):
+        raise ValueError(f"control character in value of {attribute_id}")
+    attribute = etree.SubElement(
+        section, _ATTRIBUTE, AttributeId=attribute_id, DataType=data_type
+    )
+    etree.SubElement(attribute, _VALUE).text = value
+
+
+def build_request(
+    *,
+    subject_dn: str | None,
+    cert_chain: bytes | str | None = None,
+    fqans: Sequence[str] = (),
+    vo: str | None = None,
+    resource: str = "wn",
+    action: str = "execute-now",
+    host: str | None = None,
+    pep_dn: str | None = None,
+    oblig_supported: Sequence[str] = ids.MAPPING_OBLIGATIONS,
+    subject_issuer: str | None = None,
+    pilot_dn: str | None = None,
+    issuer: str | None = None,
+    request_id: str | None = None,
+    now: datetime | None = None,
+    return_context: bool = True,
+    extra_attributes: Sequence[tuple[str, str, str]] = (),
+    soap12: bool = False,
+    query_ns: str = ids.NS_XACML_SAMLP_V2,
+) -> bytes:
+    """A SOAP body asking for a decision, shaped like the C client's (see the golden vector).
+
+    `resource`/`action` are a short type ("wn", "execute-now") or a full URI. The first FQAN
+    is sent as voms-primary-fqan and every FQAN (the primary too) as voms-fqan; `vo` defaults
+    to the first FQAN's group. `issuer` (saml:Issuer) defaults to `pep_dn`.
+    `extra_attributes` are (category, AttributeId, value) strings appended to their section.
+    """
+    if query_ns not in ids.QUERY_NAMESPACES:
+        raise ValueError(f"unknown query namespace {query_ns}")
+    instant = utc_instant(now)
+    env, body = envelope(soap12, query_ns)
+    query = etree.SubElement(
+        body,
+        f"{{{query_ns}}}XACMLAuthzDecisionQuery",
+        ID=request_id or new_id(),
+        Version="2.0",
+        IssueInstant=instant,
+    )
+    if return_context:
+        query.set("ReturnContext", "true")
+    if issuer or pep_dn:
+        etree.SubElement(query, _ISSUER, Format=ids.NAMEID_X509).text = issuer or pep_dn
+    request = etree.SubElement(query, _REQUEST)
+    sections = {
+        name: etree.SubElement(request, f"{{{ids.NS_CONTEXT}}}{name.capitalize()}")
+        for name in CATEGORIES
+    }
+    subject = sections["subject"]
+    if subject_dn:
+        _add(subject, ids.ATTR_SUBJECT_DN, subject_dn)
+    if subject_issuer:
+        _add(subject, ids.ATTR_SUBJECT_ISSUER, subject_issuer)
+    if vo is None and fqans:
+        vo = fqans[0].strip("/").split("/")[0] or None
+    if vo:
+        _add(subject, ids.ATTR_VO, vo)
+    if fqans:
+        _add(subject, ids.ATTR_PRIMARY_FQAN, fqans[0])
+    for fqan in fqans:
+        _add(subject, ids.ATTR_FQAN, fqan)
+    if cert_chain:
+        chain = cert_chain.decode("ascii") if isinstance(cert_chain, bytes) else cert_chain
+        _add(subject, ids.ATTR_CERT_CHAIN, chain, ids.DT_BASE64)
+    _add(sections["resource"], ids.ATTR_RESOURCE_ID, _uri(resource, ids.RESOURCE_TYPE_PREFIX))
+    if host:
+        _add(sections["resource"], ids.ATTR_HOST, host)
+    if pep_dn:
+        _add(sections["resource"], ids.ATTR_RESOURCE_DN, pep_dn)
+    _add(sections["action"], ids.ATTR_ACTION_ID, _uri(action, ids.ACTION_TYPE_PREFIX))
+    environment = sections["environment"]
+    if pilot_dn:
+        _add(environment, ids.ATTR_PILOT_DN, pilot_dn)
+    for category, attribute_id, value in extra_attributes:
+        if category not in sections:
+            raise ValueError(f"unknown attribute category {category!r}")
+        _add(sections[category], attribute_id, value)
+    _add(environment, ids.ATTR_CURRENT_DATETIME, instant, ids.DT_DATETIME)
+    for obligation in dict.fromkeys(oblig_supported):
+        _add(environment, ids.ATTR_OBLIG_SUPPORTED, obligation)
+    if not len(subject):
+        raise ValueError("a request needs subject_dn or cert_chain")
+    return serialize(env)
+
+
+def _uri(value: str, prefix: str) -> str:
+    return value if ":" in value else prefix + value
