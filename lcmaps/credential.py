@@ -17,7 +17,6 @@ Every check takes ``now=`` so tests never depend on the wall clock.
 
 from __future__ import annotations
 
-import enum
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
