@@ -1,0 +1,510 @@
+"""Pool-account leases in a gridmapdir, shareable with C LCMAPS.
+
+A gridmapdir holds one empty regular file per pool account (``opool001``)
+and, for every lease, a hard link to it named after the encoded credential
+(``%2fdc%3dorg%2fcn%3dalice``).  An account is free when its file has link
+count 1.  Leases are made with ``link(2)`` and checked by link count and
+inode, never with a lock file, so a Python SCAS and a C LCMAPS on another
+host can share one directory (reference notes, lcmaps_lcas.md section 8).
+
+Usage by the plugins::
+
+    gmd = GridmapDir("/etc/grid-security/gridmapdir")
+    lease = gmd.acquire("opool", dn, mapcounter=None)            # poolaccount
+    lease = gmd.acquire("opool", lease_string(dn, groups))       # voms_poolaccount
+    lease = GridmapDir(groupmapdir).acquire("odteam", fqan)      # voms_poolgroup
+    lease = gmd.verify("opool", dn, "opool002")                  # verify mode
+    lease.account, lease.name                                     # name = POOL_INDEX
+
+Every failure raises a subclass of ``GridmapDirError`` with a one-line
+message; ``PoolExhausted`` is the distinct "no free account" case.  A failed
+call leaves no lease behind that it created itself.
+
+What a killed process can leave behind: the only multi-step change is
+``link`` then ``lstat``/``utime``.  Killed after ``link``, the lease exists
+with link count 2 -- a complete, valid lease for that credential.  Killed
+while backing out of a race (link count 3), a second lease to the same
+account can survive until the other racer backs out or until the next
+acquire for either credential sees link count > 2 and reports it
+(``LeaseCorrupt``).  There is no half-written file: leases are empty.
+
+Compatibility decisions
+-----------------------
+(a) Verify mode (C8).  The C plugins 1.7.1 verify a mapping by first
+    looking at ``<lease>:mapcount=0001`` and treat "no such file" there as an
+    error, so a correct plain lease is denied.  We do not copy that by
+    default: ``verify`` checks the plain lease, and the ``mapcount`` leases
+    only when a mapcounter is given or ``max_mappings > 1``.
+    ``c_verify_quirk=True`` reproduces the C order and the ENOENT error, for
+    differential tests.
+(b) Non-ASCII bytes in a lease string (signed-char ``%ffffffXX``).  Reproduced
+    byte-exactly by default, because hosts sharing a gridmapdir must agree on
+    lease names: ``/CN=Jürgen`` (raw UTF-8) encodes as ``%2fcn%3dj%ff%ffrgen``
+    (plus whatever stale tail C leaves).  Certificate DNs never contain raw
+    non-ASCII (OpenSSL escapes them as ``\\xC3\\xBC``).
+    ``encode_lease(..., c_signed_char=False)`` gives the clean ``%c3%bc``.
+(c) A lost race (link count > 2 right after our ``link``): C unlinks its new
+    lease and gives up, failing the request.  We do the same, then retry the
+    whole allocation up to ``race_retries`` times (default 3; 0 = exactly
+    C) before raising ``LeaseRace``.  Retrying never weakens the one-lease-
+    per-account invariant, it only avoids failing a request both racers lose.
+(d) Verify mode is read-only here (C removes a solitary lease it meets while
+    verifying; we leave it).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import stat
+import threading
+import time
+
+from lcmaps.lease_names import (
+    encode_lease,
+    in_pool,
+    is_candidate_entry,
+    lease_name,
+    lease_string,
+)
+from lcmaps.lease_store import (
+    MAX_MAPPINGS_LIMIT,
+    EntryTaken,
+    GridmapDirError,
+    GridmapDirUnusable,
+    Lease,
+    LeaseArgumentError,
+    LeaseCorrupt,
+    LeaseInfo,
+    LeaseNotFound,
+    LeaseRace,
+    LeaseStore,
+    NoSuchEntry,
+    PoolExhausted,
+    WrongPool,
+    check_counter,
+)
+
+__all__ = [
+    "MAX_MAPPINGS_LIMIT",
+    "EntryTaken",
+    "GridmapDir",
+    "GridmapDirError",
+    "GridmapDirUnusable",
+    "Lease",
+    "LeaseArgumentError",
+    "LeaseCorrupt",
+    "LeaseInfo",
+    "LeaseNotFound",
+    "LeaseRace",
+    "LeaseStore",
+    "NoSuchEntry",
+    "PoolExhausted",
+    "WrongPool",
+    "check_counter",
+    "encode_lease",
+    "in_pool",
+    "is_candidate_entry",
+    "lease_name",
+    "lease_string",
+]
+
+
+class _Retry(Exception):
+    """Internal: the lease appeared or vanished under us; start over."""
+
+
+class _Raced(Exception):
+    """Internal: link count > 2 after our link; our link was removed."""
+
+
+class GridmapDir(LeaseStore):
+    """The C-compatible lease store on a (local or shared) directory.
+
+    ``check=True`` validates the directory now (GridmapDirUnusable).  The
+    object keeps an inode -> entry-name cache so a held lease is found
+    without scanning the directory; every cached name is re-checked with
+    ``lstat`` before it is believed.  Safe to use from several threads and
+    processes at once (all coordination is in the file system).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, race_retries: int = 3, check: bool = True
+    ) -> None:
+        self.path = os.fspath(path)
+        self.race_retries = race_retries
+        self._inodes: dict[int, str] = {}
+        self._lock = threading.Lock()
+        if check:
+            self.check()
+
+    def __repr__(self) -> str:
+        return f"GridmapDir({self.path!r})"
+
+    # -- helpers ---------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise GridmapDirUnusable unless the directory exists and is writable."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise GridmapDirUnusable(f"gridmapdir {self.path} does not exist") from None
+        except OSError as exc:
+            raise GridmapDirUnusable(f"gridmapdir {self.path}: {exc.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise GridmapDirUnusable(f"gridmapdir {self.path} is not a directory")
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise GridmapDirUnusable(f"gridmapdir {self.path} is not writable")
+
+    def _p(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def _lstat(self, name: str) -> os.stat_result | None:
+        try:
+            return os.lstat(self._p(name))
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            raise GridmapDirUnusable(f"gridmapdir {self.path} is not a directory") from None
+        except OSError as exc:
+            raise self._oserror(exc, f"cannot stat {name}") from None
+
+    def _oserror(self, exc: OSError, what: str) -> GridmapDirError:
+        if exc.errno == errno.ENAMETOOLONG:
+            return LeaseArgumentError(f"lease name too long ({what})")
+        if exc.errno == errno.ENOENT and not os.path.isdir(self.path):
+            return GridmapDirUnusable(f"gridmapdir {self.path} does not exist")
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return GridmapDirUnusable(f"gridmapdir {self.path}: {what}: {exc.strerror}")
+        return GridmapDirError(f"gridmapdir {self.path}: {what}: {exc.strerror}")
+
+    def _unlink(self, name: str) -> None:
+        try:
+            os.unlink(self._p(name))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._oserror(exc, f"cannot remove {name}") from None
+
+    def _touch(self, name: str) -> None:
+        try:
+            os.utime(self._p(name))
+        except OSError as exc:
+            raise self._oserror(exc, f"cannot touch {name}") from None
+
+    def _leasefile(self, leasename: str | bytes, mapcounter: int | None) -> str:
+        name = encode_lease(lease_string(leasename, (), mapcounter))
+        if name in ("", ".", "..") or "/" in name or "\0" in name:
+            raise LeaseArgumentError(f"lease name {name!r} is not a valid file name")
+        return name
+
+    @staticmethod
+    def _check_lease_stat(name: str, st: os.stat_result) -> None:
+        if not stat.S_ISREG(st.st_mode):
+            raise LeaseCorrupt(f"lease {name} is not a regular file")
+        if st.st_nlink > 2:
+            raise LeaseCorrupt(f"lease {name} has link count {st.st_nlink} (> 2)")
+
+    def _other_link(self, name: str, st: os.stat_result) -> str | None:
+        """The other name of the lease's inode (the pool entry), cache first."""
+        with self._lock:
+            cached = self._inodes.get(st.st_ino)
+        if cached is not None and cached != name:
+            other = self._lstat(cached)
+            if other is not None and other.st_ino == st.st_ino and other.st_dev == st.st_dev:
+                return cached
+            with self._lock:
+                self._inodes.pop(st.st_ino, None)
+        found: str | None = None
+        seen: dict[int, str] = {}
+        try:
+            with os.scandir(self.path) as it:
+                for entry in it:
+                    if entry.name == name:
+                        continue
+                    ino = entry.inode()
+                    if is_candidate_entry(entry.name):
+                        seen[ino] = entry.name
+                    if found is None and ino == st.st_ino:
+                        found = entry.name
+        except OSError as exc:
+            raise self._oserror(exc, "cannot read directory") from None
+        with self._lock:
+            self._inodes.update(seen)
+        if found is not None:
+            other = self._lstat(found)
+            if other is None or other.st_ino != st.st_ino:
+                return None
+        return found
+
+    # -- acquire -----------------------------------------------------------------
+
+    def acquire(
+        self,
+        pool: str,
+        leasename: str | bytes,
+        *,
+        mapcounter: int | None = None,
+        max_mappings: int = 1,
+        requested: str | None = None,
+        strict_prefix: bool = True,
+        override_inconsistency: bool = False,
+    ) -> Lease:
+        counter = check_counter(mapcounter, max_mappings)
+        if not pool:
+            raise LeaseArgumentError("empty pool prefix")
+        name = self._leasefile(leasename, counter)
+        if requested is not None:
+            return self._requested(pool, name, requested, strict_prefix, override_inconsistency)
+        for attempt in range(self.race_retries + 1):
+            try:
+                return self._pool_mapping(pool, name, strict_prefix, override_inconsistency)
+            except _Raced:
+                if attempt < self.race_retries:
+                    time.sleep(random.uniform(0.0005, 0.005) * (attempt + 1))
+        raise LeaseRace(f"lost the race for a free account in pool .{pool} for lease {name}")
+
+    def _pool_mapping(self, pool: str, name: str, strict: bool, override: bool) -> Lease:
+        for _ in range(4):
+            try:
+                st = self._lstat(name)
+                if st is not None:
+                    self._check_lease_stat(name, st)
+                    if st.st_nlink == 1:
+                        self._unlink(name)  # solitary lease: its account is gone
+                    else:
+                        other = self._other_link(name, st)
+                        if other is None:
+                            raise _Retry  # other link vanished: now solitary
+                        if in_pool(other, pool, strict):
+                            self._touch(name)
+                            return Lease(other, name, reused=True)
+                        if not override:
+                            raise WrongPool(
+                                f"lease {name} points to {other}, which is not in pool .{pool}"
+                            )
+                        self._unlink(name)
+                return self._allocate(pool, name, strict)
+            except _Retry:
+                continue
+        raise LeaseRace(f"lease {name} keeps changing under us")
+
+    def _allocate(self, pool: str, name: str, strict: bool) -> Lease:
+        """First free entry of the pool in raw readdir order, linked to ``name``."""
+        seen: dict[int, str] = {}
+        try:
+            with os.scandir(self.path) as it:
+                for entry in it:
+                    ent = entry.name
+                    if not is_candidate_entry(ent) or not in_pool(ent, pool, strict):
+                        continue
+                    seen[entry.inode()] = ent
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                        continue
+                    lease = self._link(ent, st, name)
+                    if lease is not None:
+                        return lease
+        except OSError as exc:
+            raise self._oserror(exc, "cannot read directory") from None
+        finally:
+            with self._lock:
+                self._inodes.update(seen)
+        raise PoolExhausted(f"no free account in pool .{pool} (gridmapdir {self.path})")
+
+    def _link(self, ent: str, st: os.stat_result, name: str) -> Lease | None:
+        """Link free entry ``ent`` to lease ``name``; None = entry unusable, try the next."""
+        src = self._p(ent)
+        try:
+            fd = os.open(src, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        except OSError:
+            return None  # not writable for us (or gone): C skips it too
+        os.close(fd)
+        try:
+            os.link(src, self._p(name))
+        except FileExistsError:
+            raise _Retry from None  # the lease appeared meanwhile: reuse path
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._oserror(exc, f"cannot link {ent} to {name}") from None
+        new = self._lstat(name)
+        if new is None:
+            raise _Retry
+        if new.st_ino != st.st_ino:
+            raise _Retry  # replaced by another process; not ours to remove
+        if new.st_nlink == 2:
+            self._touch(name)
+            with self._lock:
+                self._inodes[new.st_ino] = ent
+            return Lease(ent, name, reused=False)
+        self._unlink(name)
+        if new.st_nlink > 2:
+            raise _Raced
+        raise GridmapDirError(f"pool entry {ent} vanished while leasing it")
+
+    def _requested(
+        self, pool: str, name: str, account: str, strict: bool, override: bool
+    ) -> Lease:
+        """C ``get_req_pool_mapping`` outside verify mode."""
+        est, st = self._requested_state(pool, name, account, strict)
+        if est.st_nlink == 2:
+            if st is not None and st.st_ino == est.st_ino:
+                self._touch(name)
+                return Lease(account, name, reused=True)
+            raise EntryTaken(f"account {account} is leased by another credential")
+        if st is not None:
+            self._check_lease_stat(name, st)
+            if st.st_nlink == 2:
+                if not override:
+                    other = self._other_link(name, st)
+                    raise WrongPool(f"lease {name} already points to {other}, not to {account}")
+                self._unlink(name)
+            else:
+                self._unlink(name)
+        try:
+            lease = self._link(account, est, name)
+        except _Retry:
+            raise EntryTaken(f"lease {name} was created concurrently") from None
+        except _Raced:
+            raise EntryTaken(f"account {account} was leased concurrently") from None
+        if lease is None:
+            raise NoSuchEntry(f"pool entry {account} is not usable")
+        return lease
+
+    def _requested_state(
+        self, pool: str, name: str, account: str, strict: bool
+    ) -> tuple[os.stat_result, os.stat_result | None]:
+        if not in_pool(account, pool, strict) or not is_candidate_entry(account) or "/" in account:
+            raise LeaseArgumentError(f"requested account {account!r} is not in pool .{pool}")
+        est = self._lstat(account)
+        if est is None:
+            raise NoSuchEntry(f"account {account} has no entry in gridmapdir {self.path}")
+        if not stat.S_ISREG(est.st_mode):
+            raise LeaseCorrupt(f"pool entry {account} is not a regular file")
+        if est.st_nlink > 2:
+            raise LeaseCorrupt(f"pool entry {account} has link count {est.st_nlink} (> 2)")
+        return est, self._lstat(name)
+
+    # -- verify / lookup ---------------------------------------------------------
+
+    def verify(
+        self,
+        pool: str,
+        leasename: str | bytes,
+        account: str,
+        *,
+        mapcounter: int | None = None,
+        max_mappings: int = 1,
+        strict_prefix: bool = True,
+        c_verify_quirk: bool = False,
+    ) -> Lease:
+        counter = check_counter(mapcounter, max_mappings)
+        if counter is not None:
+            names = [self._leasefile(leasename, counter)]
+        else:
+            counted = [self._leasefile(leasename, i) for i in range(1, max_mappings + 1)]
+            plain = self._leasefile(leasename, None)
+            if c_verify_quirk:
+                names = [*counted, plain]
+            else:
+                names = [plain, *counted] if max_mappings > 1 else [plain]
+        first_error: GridmapDirError | None = None
+        for name in names:
+            try:
+                return self._verify_one(pool, name, account, strict_prefix)
+            except EntryTaken as exc:
+                first_error = first_error or exc
+            except GridmapDirError as exc:
+                if c_verify_quirk:
+                    raise
+                first_error = first_error or exc
+        assert first_error is not None
+        raise first_error
+
+    def _verify_one(self, pool: str, name: str, account: str, strict: bool) -> Lease:
+        est, st = self._requested_state(pool, name, account, strict)
+        if st is None:
+            raise LeaseNotFound(f"no lease {name} in gridmapdir {self.path}")
+        self._check_lease_stat(name, st)
+        if est.st_nlink == 2 and st.st_ino == est.st_ino:
+            return Lease(account, name, reused=True)
+        if est.st_nlink == 2:
+            raise EntryTaken(f"account {account} is leased by another credential")
+        raise LeaseNotFound(f"lease {name} does not point to {account}")
+
+    def lookup(self, leasename: str | bytes, *, mapcounter: int | None = None) -> str | None:
+        counter = mapcounter if mapcounter is not None and mapcounter >= 1 else None
+        name = self._leasefile(leasename, counter)
+        st = self._lstat(name)
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink != 2:
+            return None
+        return self._other_link(name, st)
+
+    # -- administration ------------------------------------------------------------
+
+    def release(self, name: str) -> bool:
+        if not name.startswith("%") or "/" in name:
+            raise LeaseArgumentError(f"{name!r} is not a lease name (leases start with %)")
+        st = self._lstat(name)
+        if st is None:
+            return False
+        self._unlink(name)
+        return True
+
+    def leases(self) -> list[LeaseInfo]:
+        names: dict[int, list[str]] = {}
+        try:
+            with os.scandir(self.path) as it:
+                for entry in it:
+                    names.setdefault(entry.inode(), []).append(entry.name)
+        except OSError as exc:
+            raise self._oserror(exc, "cannot read directory") from None
+        out: list[LeaseInfo] = []
+        for ino, group in names.items():
+            for name in group:
+                if not name.startswith("%"):
+                    continue
+                st = self._lstat(name)
+                if st is None or st.st_ino != ino:
+                    continue
+                others = [n for n in group if n != name and not n.startswith("%")]
+                account = others[0] if others else None
+                out.append(LeaseInfo(name, account, st.st_mtime, st.st_nlink))
+        return out
+
+    def expire(self, max_age: float, *, now: float | None = None) -> list[LeaseInfo]:
+        """Remove leases older than ``max_age`` (by mtime, which reuse refreshes).
+
+        The mtime is re-read just before the unlink; a reuse that touches the
+        lease between that check and the unlink can still lose its lease (the
+        same window the classic cron clean-up has).
+        """
+        cutoff = (time.time() if now is None else now) - max_age
+        removed: list[LeaseInfo] = []
+        for info in self.leases():
+            if info.mtime >= cutoff:
+                continue
+            st = self._lstat(info.name)
+            if st is None or st.st_mtime >= cutoff:
+                continue
+            self._unlink(info.name)
+            removed.append(info)
+        return removed
+
+    def pool_entries(self, pool: str, *, strict_prefix: bool = True) -> list[tuple[str, bool]]:
+        """(account, leased) for every entry of ``pool`` in raw directory order."""
+        out: list[tuple[str, bool]] = []
+        with os.scandir(self.path) as it:
+            for entry in it:
+                if is_candidate_entry(entry.name) and in_pool(entry.name, pool, strict_prefix):
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    out.append((entry.name, st.st_nlink >= 2))
+        return out

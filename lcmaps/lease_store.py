@@ -1,0 +1,155 @@
+"""The lease-store interface (DESIGN.md section 8) and its error classes.
+
+The LCMAPS pool plugins program against ``LeaseStore`` so a site with several
+SCAS replicas can later put leases in a shared database; ``GridmapDir`` in
+``lcmaps.gridmapdir`` is the embedded, C-compatible implementation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+MAX_MAPPINGS_LIMIT = 9999
+
+# --- errors ----------------------------------------------------------------
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+class GridmapDirError(Exception):
+    """Base class: no lease could be made or checked.  One-line message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_safe(message))
+
+
+class GridmapDirUnusable(GridmapDirError):
+    """The directory is missing, not a directory, or not writable."""
+
+
+class LeaseArgumentError(GridmapDirError):
+    """Bad arguments: mapcounter out of range, requested account not in the pool."""
+
+
+class PoolExhausted(GridmapDirError):
+    """Every account of the pool is leased (C: "no pool-entry available")."""
+
+
+class WrongPool(GridmapDirError):
+    """The credential's lease points to an account outside the requested pool."""
+
+
+class LeaseCorrupt(GridmapDirError):
+    """A lease or pool entry is not a regular file or has link count > 2."""
+
+
+class LeaseRace(GridmapDirError):
+    """Lost a race for a free account against another process too many times."""
+
+
+class EntryTaken(GridmapDirError):
+    """The requested account is leased to another credential."""
+
+
+class NoSuchEntry(GridmapDirError):
+    """The requested account has no entry in the gridmapdir."""
+
+
+class LeaseNotFound(GridmapDirError):
+    """Verify mode: the credential holds no lease on the requested account."""
+
+
+# --- store interface -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease held by a credential: the account (or group) and the lease file name."""
+
+    account: str
+    name: str
+    reused: bool = False
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """One lease as listed: ``account`` is None for a solitary (dangling) lease."""
+
+    name: str
+    account: str | None
+    mtime: float
+    nlink: int
+
+
+class LeaseStore(ABC):
+    """What the LCMAPS pool plugins need from a lease store (DESIGN.md section 8)."""
+
+    @abstractmethod
+    def acquire(
+        self,
+        pool: str,
+        leasename: str | bytes,
+        *,
+        mapcounter: int | None = None,
+        max_mappings: int = 1,
+        requested: str | None = None,
+        strict_prefix: bool = True,
+        override_inconsistency: bool = False,
+    ) -> Lease:
+        """Reuse the credential's lease in ``pool`` or lease a free account.
+
+        ``leasename`` is the raw lease string (DN, ``lease_string(dn, groups)``
+        or an FQAN); the mapcount suffix is added here.  ``requested`` asks
+        for one particular account (C ``get_req_pool_mapping``).
+        """
+
+    @abstractmethod
+    def verify(
+        self,
+        pool: str,
+        leasename: str | bytes,
+        account: str,
+        *,
+        mapcounter: int | None = None,
+        max_mappings: int = 1,
+        strict_prefix: bool = True,
+        c_verify_quirk: bool = False,
+    ) -> Lease:
+        """Check, without creating anything, that the credential holds ``account``."""
+
+    @abstractmethod
+    def lookup(self, leasename: str | bytes, *, mapcounter: int | None = None) -> str | None:
+        """The account the credential's lease points to, or None; no side effects."""
+
+    @abstractmethod
+    def release(self, name: str) -> bool:
+        """Remove the lease file ``name`` (an encoded lease name); False if absent."""
+
+    @abstractmethod
+    def leases(self) -> list[LeaseInfo]:
+        """All leases (files whose name starts with ``%``)."""
+
+    @abstractmethod
+    def expire(self, max_age: float, *, now: float | None = None) -> list[LeaseInfo]:
+        """Remove leases not used (touched) for ``max_age`` seconds; return them."""
+
+
+def check_counter(mapcounter: int | None, max_mappings: int) -> int | None:
+    if not 1 <= max_mappings <= MAX_MAPPINGS_LIMIT:
+        raise LeaseArgumentError(
+            f"max_mappings_per_credential {max_mappings} out of range 1..{MAX_MAPPINGS_LIMIT}"
+        )
+    if mapcounter is None or mapcounter in (0, -1):
+        return None
+    if mapcounter < -1:
+        raise LeaseArgumentError(f"mapcounter {mapcounter} is invalid")
+    if mapcounter > max_mappings:
+        raise LeaseArgumentError(
+            f"mapcounter {mapcounter} exceeds the maximum number of mappings {max_mappings}"
+        )
+    return mapcounter
+
+
