@@ -1,0 +1,34 @@
+"""Fixtures shared by the whole suite: a real test PKI, built once per session.
+
+``pki`` is a :class:`lcmaps.testpki.TestPKI` in a session temp dir with a CA
+(+CRL), a VOMS server trusted for dteam/atlas/cms, and ``users``: alice,
+bob, and jurgen (a non-ASCII CN). Tests that need their own CA make one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from lcmaps.testpki import TestPKI, User
+
+ALICE_DN = "/DC=org/DC=example/O=Users/CN=Alice Smith"
+BOB_DN = "/DC=org/DC=example/O=Users/CN=Bob Jones"
+JURGEN_DN = "/DC=org/DC=example/O=Users/CN=Jürgen Müller"
+# What C LCMAPS (X509_NAME_oneline) makes of JURGEN_DN: the mapfile key.
+JURGEN_ONELINE = "/DC=org/DC=example/O=Users/CN=J\\xC3\\xBCrgen M\\xC3\\xBCller"
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestPKI]:
+    yield TestPKI(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def users(pki: TestPKI) -> dict[str, User]:
+    return {
+        "alice": pki.user("alice", ALICE_DN),
+        "bob": pki.user("bob", BOB_DN),
+        "jurgen": pki.user("jurgen", JURGEN_DN),
+    }
