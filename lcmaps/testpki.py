@@ -235,11 +235,14 @@ class TestPKI:
     # -- revocation and VOMS trust ---------------------------------------------
 
     def write_crl(self, *, next_update: datetime | None = None) -> str:
+        """(Re)write the CA's CRL; a ``next_update`` in the past makes it out of date."""
+        next_update = next_update or self.now + timedelta(days=30)
+        last_update = min(self.now - timedelta(minutes=5), next_update - timedelta(hours=1))
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self.ca_cert.subject)
-            .last_update(self.now - timedelta(minutes=5))
-            .next_update(next_update or self.now + timedelta(days=30))
+            .last_update(last_update)
+            .next_update(next_update)
         )
         for serial in self._revoked:
             builder = builder.add_revoked_certificate(
