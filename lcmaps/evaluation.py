@@ -1,0 +1,242 @@
+"""Run an lcmaps.db: the policy state machine of C LCMAPS and its result rule.
+
+:class:`Engine` is built once from a parsed :class:`~lcmaps.policy_db.PolicyDb`
+(plugins found through entry points and initialised once, in the order C
+initialises them) and then run many times. Each run gets its own credential
+store, so one engine serves concurrent requests (plugins keep no
+per-request state).
+
+Semantics copied from ``pdl_main.c`` / ``evaluationmanager.c``:
+
+* policies run in file order; a failing plugin follows its rule's false
+  branch, or else moves to the next policy's first rule; success follows
+  the true branch and stops when there is none;
+* the credential data is reset whenever evaluation enters another policy
+  (leases made on disk stay);
+* with a policy selection, unselected policies fail through without
+  running anything, so selected ones still run in file order;
+* the overall result is the result of the last plugin run;
+* a mapping (``map_credential``) is granted only when the successful run
+  produced exactly one UID and at least one primary GID.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
+
+from lcmaps.plugin_api import (
+    CredentialData,
+    Mode,
+    Plugin,
+    PluginInitError,
+    Request,
+    RequestedAccount,
+    RunContext,
+)
+from lcmaps.policy_db import Policy, PolicyDb, PolicyDbError, Rule, module_name
+
+if TYPE_CHECKING:
+    from lcmaps.credential import Credential
+
+log = logging.getLogger("lcmaps")
+
+ENTRY_POINT_GROUP = "scas_stack.lcmaps_plugins"
+_ep_lock = threading.Lock()
+_ep_cache: dict[str, type[Plugin]] = {}
+
+
+def plugin_class(name: str) -> type[Plugin] | None:
+    """The class behind entry point ``name`` (imported on first use only)."""
+    with _ep_lock:
+        if name not in _ep_cache:
+            eps = entry_points(group=ENTRY_POINT_GROUP, name=name)
+            ep = next(iter(eps), None)
+            if ep is None:
+                return None
+            _ep_cache[name] = ep.load()
+        return _ep_cache[name]
+
+
+@dataclass(frozen=True)
+class MappingResult:
+    """What ``lcmaps-run`` prints and the SCAS server turns into obligations."""
+
+    decision: str  # permit | deny | error
+    uid: int | None = None
+    username: str | None = None
+    pgid: int | None = None
+    pgids: tuple[int, ...] = ()
+    sgids: tuple[int, ...] = ()
+    poolindex: str | None = None
+    reason: str | None = None
+
+    @property
+    def permitted(self) -> bool:
+        return self.decision == "permit"
+
+
+class Engine:
+    """A parsed lcmaps.db with its plugins initialised."""
+
+    def __init__(
+        self, db: PolicyDb, classes: Mapping[str, type[Plugin]] | None = None
+    ) -> None:
+        self.db = db
+        self.policies: tuple[Policy, ...] = db.policies
+        self.plugins: dict[str, Plugin] = {}
+        for spec in db.plugins:
+            if classes is not None:
+                cls = classes.get(spec.entry_point)
+            else:
+                cls = plugin_class(spec.entry_point)
+            if cls is None:
+                raise PolicyDbError(db.filename, spec.lineno, f"plugin {spec.module} not found")
+            try:
+                self.plugins[spec.module] = cls(spec.argv)
+            except PluginInitError as exc:
+                self.close()
+                raise PolicyDbError(
+                    db.filename, spec.lineno, f"cannot initialise {spec.module}: {exc.reason}"
+                ) from None
+
+    def close(self) -> None:
+        for p in self.plugins.values():
+            p.terminate()
+
+    @staticmethod
+    def _find(policy: Policy, state: str | None) -> Rule | None:
+        if state is None:
+            return None
+        return next((r for r in policy.rules if r.state == state), None)
+
+    def run(self, request: Request, policies: Sequence[str] | None = None) -> RunContext:
+        """Evaluate; ``ctx.reason`` is None on success. The store holds the
+        data of the policy that ran last."""
+        ctx = RunContext(request)
+        if request.mode is Mode.VERIFICATION:
+            missing = [m for m, p in self.plugins.items() if not p.has_verify]
+            if missing:
+                ctx.fail(f"plugin {missing[0]} has no verification method")
+                return ctx
+        selected = set(policies) if policies else None
+        if not self.policies:
+            ctx.fail("no policies")
+            return ctx
+        pidx = 0
+        rule: Rule | None = self.policies[0].rules[0]
+        state: str | None = rule.state if rule else None
+        result: bool | None = None
+        prev: Policy | None = None
+        ran_any = False
+        while state is not None:
+            policy = self.policies[pidx]
+            if selected is not None and policy.name not in selected:
+                result = False
+            else:
+                if policy is not prev:
+                    log.debug("starting policy %s", policy.name)
+                    ctx.data.reset()
+                    prev = policy
+                result = self._run_plugin(module_name(state), ctx)
+                ran_any = True
+            state, rule, pidx = self._next(result, rule, pidx)
+        if not ran_any:
+            ctx.fail("no selected policy to evaluate")
+        elif result:
+            ctx.reason = None
+        elif ctx.reason is None:
+            ctx.reason = "no policy succeeded"
+        return ctx
+
+    def _next(self, ok: bool, rule: Rule | None, pidx: int) -> tuple[str | None, Rule | None, int]:
+        policy = self.policies[pidx]
+        if ok:
+            state = rule.true_branch if rule else None
+            return state, self._find(policy, state), pidx
+        state = rule.false_branch if rule else None
+        if rule is not None and state is not None:
+            return state, self._find(policy, state), pidx
+        if pidx + 1 < len(self.policies):
+            nxt = self.policies[pidx + 1].rules[0]
+            return nxt.state, nxt, pidx + 1
+        return None, None, pidx
+
+    def _run_plugin(self, module: str, ctx: RunContext) -> bool:
+        plugin = self.plugins.get(module)
+        if plugin is None:  # cannot happen for a db built by policy_db
+            return ctx.fail(f"plugin {module} not loaded")
+        try:
+            ok = plugin.verify(ctx) if ctx.verifying else plugin.run(ctx)
+        except OSError as exc:
+            ok = ctx.fail(f"{module}: {exc.strerror or exc}")
+        log.debug("plugin %s: %s", module, "success" if ok else "failure")
+        return ok
+
+
+def _username(uid: int) -> str | None:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def map_credential(
+    engine: Engine,
+    dn: str,
+    fqans: Sequence[str] = (),
+    *,
+    credential: Credential | None = None,
+    policies: Sequence[str] | None = None,
+    mapcounter: int | None = None,
+    mode: Mode = Mode.NORMAL,
+    requested: RequestedAccount | None = None,
+    now: datetime | None = None,
+) -> MappingResult:
+    """Run the engine and apply the return-account rule (exactly one UID, at
+    least one primary GID); in VERIFICATION mode the UID found must also be
+    the requested one (LCMAPS' default ``LCMAPS_VERIFY_TYPE=uid``)."""
+    request = Request(
+        dn=dn,
+        fqans=tuple(fqans),
+        credential=credential,
+        mapcounter=-1 if mapcounter is None else mapcounter,
+        mode=mode,
+        requested=requested,
+        now=now,
+    )
+    ctx = engine.run(request, policies)
+    if ctx.reason is not None:
+        return MappingResult("deny", reason=ctx.reason)
+    data: CredentialData = ctx.data
+    if len(data.uids) != 1:
+        return MappingResult("deny", reason=f"found {len(data.uids)} uids, exactly 1 needed")
+    if not data.pgids:
+        return MappingResult("deny", reason="no primary gid found, at least 1 needed")
+    uid = data.uids[0]
+    if mode is Mode.VERIFICATION and (requested is None or requested.uid != uid):
+        return MappingResult("deny", reason=f"mapped uid {uid} is not the requested uid")
+    log.info(
+        "LCMAPS CRED FINAL: DN:%r -> uid:%d pgid:%s sgid:%s poolindex:%s",
+        "".join(c if c.isprintable() else "?" for c in (data.dn or dn)),
+        uid,
+        data.pgids,
+        data.sgids,
+        data.poolindex,
+    )
+    return MappingResult(
+        "permit",
+        uid=uid,
+        username=_username(uid),
+        pgid=data.pgids[0],
+        pgids=tuple(data.pgids),
+        sgids=tuple(data.sgids),
+        poolindex=data.poolindex,
+    )

@@ -1,0 +1,181 @@
+"""What an LCMAPS plugin sees: its argv at start, a run context per request.
+
+A plugin class is constructed once with the argv C LCMAPS would give it
+(``argv[0]`` is the legacy module path) and must refuse unknown arguments
+by raising :class:`PluginInitError`. It is then run many times, possibly
+from several threads at once, so it keeps no per-request state on ``self``:
+everything a run produces goes into ``ctx.data`` (the credential store).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from lcmaps.credential import Credential
+
+log = logging.getLogger("lcmaps")
+
+
+class PluginInitError(Exception):
+    """A plugin refused its configuration; the message is one line."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = "".join(c if c.isprintable() else "?" for c in reason)
+        super().__init__(self.reason)
+
+
+class Mode(enum.Enum):
+    NORMAL = "normal"  # plugin_run: may lease accounts
+    VERIFICATION = "verification"  # plugin_verify: checks a requested account, no new leases
+
+
+@dataclass(frozen=True)
+class RequestedAccount:
+    """The account a caller asks to have verified (or a requested username)."""
+
+    uid: int | None = None
+    pgids: tuple[int, ...] = ()
+    sgids: tuple[int, ...] = ()
+    poolindex: str | None = None
+    username: str | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """The run variables of C LCMAPS (``user_dn``, ``fqan_list``, ``mapcounter``...)."""
+
+    dn: str
+    fqans: tuple[str, ...] = ()
+    credential: Credential | None = None
+    mapcounter: int = -1
+    mode: Mode = Mode.NORMAL
+    requested: RequestedAccount | None = None
+    now: datetime | None = None
+
+
+@dataclass
+class CredentialData:
+    """The credential store (``lcmaps_cred_data.c``): UIDs and primary GIDs
+    are appended as given, secondary GIDs kept sorted and unique, the pool
+    index is a single value (last writer wins)."""
+
+    dn: str | None = None
+    uids: list[int] = field(default_factory=list)
+    pgids: list[int] = field(default_factory=list)
+    sgids: list[int] = field(default_factory=list)
+    poolindex: str | None = None
+    vo_mappings: list[tuple[str, int]] = field(default_factory=list)
+
+    def add_uid(self, uid: int) -> None:
+        self.uids.append(uid)
+
+    def add_pgid(self, gid: int) -> None:
+        self.pgids.append(gid)
+
+    def add_sgid(self, gid: int) -> None:
+        if gid not in self.sgids:
+            self.sgids.append(gid)
+            self.sgids.sort()
+
+    def set_poolindex(self, index: str) -> None:
+        self.poolindex = index
+
+    def reset(self) -> None:
+        self.dn = None
+        self.uids.clear()
+        self.pgids.clear()
+        self.sgids.clear()
+        self.poolindex = None
+        self.vo_mappings.clear()
+
+
+@dataclass
+class RunContext:
+    request: Request
+    data: CredentialData = field(default_factory=CredentialData)
+    reason: str | None = None  # why the last failing plugin failed
+
+    @property
+    def dn(self) -> str:
+        """The registered DN if a plugin set one, else the request's DN."""
+        return self.data.dn if self.data.dn is not None else self.request.dn
+
+    @property
+    def fqans(self) -> tuple[str, ...]:
+        return self.request.fqans
+
+    @property
+    def verifying(self) -> bool:
+        return self.request.mode is Mode.VERIFICATION
+
+    def fail(self, reason: str) -> bool:
+        """Record why a plugin failed and return False (the plugin's result)."""
+        self.reason = reason
+        log.info("%s", "".join(c if c.isprintable() else "?" for c in reason))
+        return False
+
+
+class Plugin:
+    """Base class. Subclasses parse ``argv`` in ``__init__`` and implement :meth:`run`."""
+
+    name: ClassVar[str] = "plugin"
+    #: C plugins without ``plugin_verify`` make a VERIFICATION run fail.
+    has_verify: ClassVar[bool] = True
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.argv = tuple(argv)
+
+    def run(self, ctx: RunContext) -> bool:
+        raise NotImplementedError
+
+    def verify(self, ctx: RunContext) -> bool:
+        return self.run(ctx)
+
+    def terminate(self) -> None:
+        """Release resources (connections); called by :meth:`Engine.close`."""
+
+
+def iter_args(
+    argv: Sequence[str], plugin: str, *, with_value: Sequence[str], flags: Sequence[str] = ()
+) -> Iterator[tuple[str, str | None]]:
+    """Yield ``(option, value)`` for ``argv[1:]``; an option not listed, or a
+    value option at the end of argv, is an init error naming it."""
+    args = list(argv[1:])
+    i = 0
+    while i < len(args):
+        opt = args[i]
+        if opt in with_value:
+            if i + 1 >= len(args):
+                raise PluginInitError(f"{plugin}: option {opt} needs a value")
+            yield opt, args[i + 1]
+            i += 2
+        elif opt in flags:
+            yield opt, None
+            i += 1
+        else:
+            raise PluginInitError(f"{plugin}: unknown argument '{opt}'")
+
+
+def parse_int(value: str, plugin: str, opt: str, *, minimum: int = 0) -> int:
+    """An integer option, refused like C's strtol checks (whole string, >= minimum)."""
+    try:
+        n = int(value, 10)
+    except ValueError:
+        raise PluginInitError(f"{plugin}: {opt} needs an integer, got '{value}'") from None
+    if n < minimum:
+        raise PluginInitError(f"{plugin}: {opt} must be >= {minimum}, got {n}")
+    return n
+
+
+def parse_yes_no(value: str, plugin: str, opt: str) -> bool:
+    if value in ("yes", "YES", "Yes"):
+        return True
+    if value in ("no", "NO", "No"):
+        return False
+    raise PluginInitError(f"{plugin}: {opt} takes yes or no, got '{value}'")
