@@ -1,0 +1,249 @@
+"""The decision pipeline, free of HTTP: query bytes and caller in, response bytes out.
+
+Order of work for one query:
+
+1. parse the SOAP/XACML query (hardened; bounded size and depth);
+2. pick the LCMAPS policies for the (resource type, action) pair from the
+   YAML (``wn``/``execute-now`` -> glexec policies, ``ce``/``queue`` ->
+   gatekeeper policies, ...); no route -> Deny;
+3. verify the user's ``cert-chain`` with :mod:`lcmaps.credential` against the
+   server's CA dir and vomsdir; FQANs come only from verified VOMS ACs.
+   A query without a chain is answered Indeterminate (missing-attribute)
+   unless ``trust_pep_attributes`` says to take DN/FQANs from the PEP;
+4. the LCAS chain (a ban is a Deny), then the LCMAPS policies;
+5. Permit with uidgid / secondary-gids / username obligations (only those
+   the PEP advertised) and, when advertised and configured, a signed
+   mapping ticket bound to the caller.
+
+A user-side problem (bad credential, ban, no mapping) is a ``Deny``; a
+server-side one (lease store unusable, plugin crash) is ``Indeterminate``
+with processing-error, so clients fail over to another endpoint.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from client import xacml
+from client.xacml import AuthzRequest, Decision, XacmlError, ids
+from lcmaps.credential import TrustStore, load_pem, verify_credential
+from lcmaps.credential_errors import CredentialError
+from scas_server.audit import AuditLog, AuditRecord
+from scas_server.config import ConfigError, ServerConfig
+from scas_server.engines import Engines, Mapping, MappingRefused, PolicyError, load_engines
+from scas_server.peer import Peer, chain_pem
+from scas_server.ticket import SigningKey, TicketError, sign_ticket
+
+__all__ = ["Outcome", "Pipeline", "build_pipeline"]
+
+log = logging.getLogger("scas.server")
+
+# A PEP that advertises no obligation gets what SCAS always sent.
+LEGACY_OBLIGATIONS = (ids.OBLIG_UIDGID, ids.OBLIG_SECONDARY_GIDS)
+
+
+@dataclass
+class Outcome:
+    body: bytes
+    status: int
+    record: AuditRecord
+
+
+def _clean(text: str | None) -> str | None:
+    return xacml.one_line(text, 512) if text is not None else None
+
+
+class Pipeline:
+    """One validated configuration with its loaded LCAS/LCMAPS engines and ticket key."""
+
+    def __init__(
+        self, config: ServerConfig, engines: Engines, signer: SigningKey | None = None,
+        audit: AuditLog | None = None, loaded_at: float | None = None,
+    ) -> None:  # fmt: skip
+        self.config = config
+        self.engines = engines
+        self.signer = signer
+        self.audit = audit or AuditLog(config.audit_file)
+        self.loaded_at = loaded_at if loaded_at is not None else time.time()
+        self.trust = TrustStore(certdir=config.certdir, vomsdir=config.vomsdir)
+        self._pep_trust = (
+            TrustStore(certdir=config.tls_ca_dir) if config.tls_ca_dir else None
+        )
+
+    # -- who may ask -------------------------------------------------------------
+
+    def caller_refusal(self, peer: Peer, *, now: datetime | None = None) -> str | None:
+        """Why this caller may not query, or None. Checked before the body is read."""
+        cfg = self.config
+        if peer.transport == "unix":
+            if cfg.allowed_uids is not None and peer.uid not in cfg.allowed_uids:
+                return f"uid {peer.uid} is not allowed to query this service"
+            return None
+        if peer.transport != "tls" or not peer.subject:
+            return "no authenticated caller (client certificate required)"
+        if not any(fnmatch.fnmatchcase(peer.subject, p) for p in cfg.pep_allow):
+            return f"PEP {peer.subject} is not on the allow-list"
+        if peer.is_proxy and cfg.crl_check and self._pep_trust is not None:
+            # OpenSSL does not check revocation behind a proxy: check the end-entity here
+            try:
+                verify_credential(load_pem(chain_pem(peer)), self._pep_trust, now=now,
+                                  verify_voms=False)
+            except CredentialError as exc:
+                return f"PEP credential refused: {exc.reason}"
+        return None
+
+    # -- answers -------------------------------------------------------------------
+
+    def fault(self, reason: str, *, soap12: bool = False) -> bytes:
+        return xacml.soap_fault(reason, soap12=soap12)
+
+    def wsdl(self, location: str) -> bytes:
+        return xacml.wsdl(location)
+
+    def health(self) -> dict[str, Any]:
+        store = self.config.gridmapdir
+        writable = store is None or os.access(store, os.W_OK | os.X_OK)
+        report: dict[str, Any] = {
+            "ok": writable and self.engines.loaded,
+            "config": self.config.path,
+            "config_age_seconds": round(time.time() - self.loaded_at, 1),
+            "plugins": {"lcas": list(self.engines.lcas_plugins),
+                        "lcmaps": list(self.engines.lcmaps_plugins)},
+            "lease_store": {"path": store, "writable": writable},
+            "ticket_signing": self.signer is not None,
+        }
+        return report
+
+    def decide(self, body: bytes, peer: Peer, *, now: datetime | None = None) -> Outcome:
+        """Answer one query; never raises for anything a client can send."""
+        cfg = self.config
+        record = AuditRecord(pep=peer.describe(), caller_uid=peer.uid)
+        try:
+            request = xacml.parse_request(body, max_bytes=cfg.max_body, max_depth=cfg.max_depth)
+        except XacmlError as exc:
+            record.reason = exc.reason
+            record.request_id = _clean(exc.request_id)
+            record.decision = "Fault" if exc.fault else ids.INDETERMINATE
+            reply = xacml.error_response(exc, issuer=cfg.issuer, now=now)
+            return Outcome(reply, exc.http_status, record)
+        record.request_id = _clean(request.request_id)
+        record.resource = _clean(request.resource_type or request.resource_id)
+        record.action = _clean(request.action_type or request.action_id)
+        try:
+            decision = self._decide(request, peer, record, now)
+        except Exception as exc:  # a plugin bug must not become a stack trace on the wire
+            log.exception("internal error deciding request %s", record.request_id)
+            decision = Decision.indeterminate(
+                ids.STATUS_PROCESSING_ERROR, f"internal error: {type(exc).__name__}"
+            )
+        record.decision = decision.decision
+        record.reason = record.reason or (decision.status_message or "")
+        reply = xacml.build_response(
+            request, decision, issuer=cfg.issuer, now=now,
+            when_none_advertised=LEGACY_OBLIGATIONS,
+        )  # fmt: skip
+        return Outcome(reply, 200, record)
+
+    def _decide(
+        self, request: AuthzRequest, peer: Peer, record: AuditRecord, now: datetime | None
+    ) -> Decision:
+        cfg = self.config
+        resource, action = request.resource_type or "", request.action_type or ""
+        route = cfg.route(resource, action)
+        if route is None:
+            wanted = f"resource {resource or '?'} action {action or '?'}"
+            return Decision.deny(f"no policy for {wanted}")
+        if request.cert_chain is not None:
+            try:
+                cred = verify_credential(load_pem(request.cert_chain, source="cert-chain"),
+                                         self.trust, now=now)
+            except CredentialError as exc:
+                record.dn = _clean(request.subject_dn)
+                return Decision.deny(f"credential refused: {exc.reason}")
+            dn, fqans, credential = cred.identity, cred.fqans, cred
+            if request.subject_dn and request.subject_dn != dn:
+                record.extra["claimed_dn"] = _clean(request.subject_dn)
+        elif cfg.trust_pep_attributes and request.subject_dn:
+            dn, fqans, credential = request.subject_dn, request.fqans, None
+            record.extra["unverified"] = True
+        else:
+            record.dn = _clean(request.subject_dn)
+            return Decision.indeterminate(
+                ids.STATUS_MISSING_ATTRIBUTE, "cert-chain attribute is required"
+            )
+        record.dn, record.fqans = _clean(dn), tuple(_clean(f) or "" for f in fqans)
+        try:
+            banned = self.engines.lcas_check(dn, fqans, credential, now=now)
+        except PolicyError as exc:
+            return Decision.indeterminate(ids.STATUS_PROCESSING_ERROR, exc.reason)
+        if banned:
+            return Decision.deny(f"LCAS: {banned}")
+        try:
+            mapping = self.engines.map(dn, fqans, credential, route.lcmaps, now=now)
+        except MappingRefused as exc:
+            return Decision.deny(f"LCMAPS: {exc.reason}")
+        except PolicyError as exc:
+            return Decision.indeterminate(ids.STATUS_PROCESSING_ERROR, exc.reason)
+        record.account, record.uid, record.gid = mapping.username, mapping.uid, mapping.gid
+        record.lease = _clean(mapping.lease)
+        ticket = None
+        if ids.OBLIG_TICKET in request.pep_oblig_supported and self.signer is not None:
+            ticket = self._ticket(peer, dn, mapping, record, now)
+        return Decision.permit(
+            uid=mapping.uid, gid=mapping.gid, sgids=mapping.sgids,
+            username=mapping.username, ticket=ticket,
+        )  # fmt: skip
+
+    def _ticket(
+        self, peer: Peer, dn: str, mapping: Mapping, record: AuditRecord, now: datetime | None
+    ) -> str | None:
+        """A ticket bound to the kernel-reported caller uid; over TLS there is none to bind."""
+        settings = self.config.ticket
+        if self.signer is None or settings is None or peer.transport != "unix" or peer.uid is None:
+            record.extra["ticket"] = "not issued: caller uid is only known on the Unix socket"
+            return None
+        if not mapping.username:
+            record.extra["ticket"] = "not issued: mapped uid has no account name"
+            return None
+        nonce = secrets.token_hex(16)
+        try:
+            ticket = sign_ticket(
+                self.signer, host=settings.host or socket.getfqdn(), caller_uid=peer.uid,
+                user=mapping.username, uid=mapping.uid, gid=mapping.gid, sgids=mapping.sgids,
+                subject=dn, now=now or datetime.now(UTC), lifetime=settings.lifetime,
+                nonce=nonce,
+            )  # fmt: skip
+        except TicketError as exc:
+            record.extra["ticket"] = f"not issued: {exc.reason}"
+            return None
+        record.ticket_nonce = nonce
+        return ticket
+
+
+def _load_signer(cfg: ServerConfig) -> SigningKey | None:
+    if cfg.ticket is None:
+        return None
+    try:
+        return SigningKey.from_file(cfg.ticket.key)
+    except TicketError as exc:
+        raise ConfigError([f"{cfg.path}: ticket.key: {exc.reason}"]) from None
+
+
+def build_pipeline(cfg: ServerConfig) -> Pipeline:
+    """Load lcas.db, lcmaps.db and the ticket key for ``cfg``; raise ConfigError (file:line)."""
+    signer = _load_signer(cfg)
+    engines = load_engines(cfg)
+    unknown = [n for r in cfg.policies for n in r.lcmaps if n not in engines.policy_names]
+    if unknown:
+        raise ConfigError(
+            [f"{cfg.path}: policies: lcmaps policy {unknown[0]!r} is not in {cfg.lcmaps_db}"]
+        )
+    return Pipeline(cfg, engines, signer)

@@ -1,0 +1,120 @@
+"""Running the SCAS app under gunicorn, configured from the server's YAML.
+
+The gunicorn master owns the policy: it validates the whole configuration
+(YAML, TLS files, lcas.db, lcmaps.db, ticket key) and builds the decision
+pipeline; workers are forked from it and inherit that pipeline. On SIGHUP
+gunicorn calls :meth:`ScasApplication.load_config` again in the master:
+a new configuration replaces the old one only when all of it is valid;
+otherwise the error (file:line) is logged and the new workers gunicorn
+starts for the reload are forked with the previous, still valid pipeline.
+So an invalid file can never take the service down, however many workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from scas_server.config import ConfigError, ServerConfig, load_config
+
+__all__ = ["ScasApplication", "build_all"]
+
+log = logging.getLogger("gunicorn.error")
+
+
+def _gunicorn_settings(cfg: ServerConfig) -> dict[str, Any]:
+    from scas_server import metrics, tls
+
+    settings: dict[str, Any] = {
+        "bind": [cfg.listen],
+        "workers": cfg.workers,
+        "worker_class": "sync",
+        "timeout": cfg.timeout,
+        "graceful_timeout": min(cfg.timeout, 10),
+        "proc_name": "scas-server",
+        "loglevel": cfg.log_level,
+        "errorlog": "-",
+        "child_exit": lambda server, worker: metrics.mark_dead(worker.pid),
+        # request line and header bounds: a SOAP query needs little of either
+        "limit_request_line": 8190,
+        "limit_request_fields": 100,
+        "limit_request_field_size": 8190,
+        # gunicorn >= 25 opens a management socket under ~/.gunicorn by default: not here
+        "control_socket_disable": True,
+    }
+    if cfg.unix_socket is not None:
+        settings["umask"] = 0o777 & ~cfg.socket_mode
+    else:
+        settings.update(
+            certfile=cfg.tls_cert,
+            keyfile=cfg.tls_key,
+            cert_reqs=ssl.CERT_REQUIRED,
+            do_handshake_on_connect=True,
+            ssl_context=lambda conf, default: tls.cached_context(cfg),
+        )
+    return settings
+
+
+def build_all(path: str) -> tuple[ServerConfig, Any]:
+    """Validate everything the server loads and build the pipeline, or raise ConfigError."""
+    from scas_server import tls
+    from scas_server.decision import build_pipeline
+
+    cfg = load_config(path)
+    if cfg.unix_socket is None:
+        try:
+            tls.server_context(cfg)
+        except tls.TLSSetupError as exc:
+            raise ConfigError([str(exc)]) from None
+    return cfg, build_pipeline(cfg)
+
+
+class ScasApplication(BaseApplication):
+    """gunicorn application whose settings and policy come from one YAML file."""
+
+    def __init__(self, config_path: str) -> None:
+        self.config_path = config_path
+        self.scas: ServerConfig | None = None
+        self.pipeline: Any = None
+        self.loads = 0
+        super().__init__(usage=None, prog="scas-server")
+
+    def load_config(self) -> None:
+        from scas_server import metrics
+
+        first = self.scas is None
+        try:
+            cfg, pipeline = build_all(self.config_path)
+        except ConfigError as exc:
+            if first:
+                raise
+            metrics.RELOADS.labels("rejected").inc()
+            for line in exc.errors:
+                log.error("reload rejected, keeping the running policy: %s", line)
+        else:
+            self.scas, self.pipeline = cfg, pipeline
+            self.loads += 1
+            metrics.CONFIG_LOADED.set(time.time())
+            if not first:
+                metrics.RELOADS.labels("applied").inc()
+                log.info("configuration reloaded from %s", cfg.path)
+        assert self.scas is not None
+        for key, value in _gunicorn_settings(self.scas).items():
+            if key in self.cfg.settings:  # skip settings an older gunicorn lacks
+                self.cfg.set(key, value)
+
+    def do_load_config(self) -> None:
+        # gunicorn's own version exits on any error; the first load must
+        # fail loudly (the CLI reports it), a reload must never exit.
+        self.load_default_config()
+        self.load_config()
+        self.cfg.validate()
+
+    def load(self) -> Any:
+        from scas_server.app import create_app
+
+        return create_app(self.pipeline)

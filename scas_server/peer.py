@@ -1,0 +1,114 @@
+"""Who is calling: the PEP's TLS identity, or the Unix-socket peer's credentials.
+
+gunicorn does not put the client certificate into the WSGI environ, but it
+does hand the connection's socket to the application as
+``environ["gunicorn.socket"]``. :func:`peer_of` reads the caller from that
+socket *after* the TLS handshake: the verified chain (through the private
+``_sslobj.get_verified_chain()`` of Python 3.10-3.12, public as
+``SSLSocket.get_verified_chain()`` from 3.13) or ``SO_PEERCRED`` on a Unix
+socket. A client can never set these keys with a header: header keys in the
+environ always start with ``HTTP_``.
+
+For a proxy certificate the PEP's identity is the end-entity certificate
+behind the proxies, exactly as for a user's credential.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+__all__ = ["ENVIRON_KEY", "Peer", "peer_of"]
+
+ENVIRON_KEY = "scas.peer"
+# _ssl.ENCODING_DER: the format argument of _ssl.Certificate.public_bytes
+_ENCODING_DER = 2
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The authenticated caller of one connection.
+
+    ``transport`` is ``tls``, ``unix`` or ``none`` (no socket information,
+    e.g. a test client). ``subject`` is the PEP's identity DN (OpenSSL
+    one-line form); ``uid``/``gid``/``pid`` come from the kernel.
+    """
+
+    transport: str
+    subject: str | None = None
+    leaf_subject: str | None = None
+    is_proxy: bool = False
+    chain: tuple[x509.Certificate, ...] = ()
+    uid: int | None = None
+    gid: int | None = None
+    pid: int | None = None
+
+    def describe(self) -> str:
+        """Short text for the audit log."""
+        if self.transport == "unix":
+            return f"unix:uid={self.uid},pid={self.pid}"
+        if self.transport == "tls":
+            return self.subject or "tls:?"
+        return "none"
+
+
+def _verified_chain(sock: ssl.SSLSocket) -> list[x509.Certificate]:
+    getter = getattr(sock, "get_verified_chain", None)  # Python >= 3.13
+    if getter is None:
+        sslobj = getattr(sock, "_sslobj", None)
+        getter = getattr(sslobj, "get_verified_chain", None)
+    if getter is not None:
+        raw: list[Any] = list(getter() or [])
+        ders = [c if isinstance(c, bytes) else c.public_bytes(_ENCODING_DER) for c in raw]
+    else:  # pragma: no cover - only the leaf is available
+        leaf = sock.getpeercert(binary_form=True)
+        ders = [leaf] if leaf else []
+    return [x509.load_der_x509_certificate(d) for d in ders]
+
+
+def _tls_peer(sock: ssl.SSLSocket) -> Peer:
+    from lcmaps.credential_errors import CredentialError
+    from lcmaps.dn import oneline
+    from lcmaps.proxy_chain import classify
+
+    chain = _verified_chain(sock)
+    if not chain:
+        return Peer("tls")
+    try:
+        _, _, ee_index = classify(chain)
+    except CredentialError:
+        ee_index = 0
+    return Peer(
+        "tls",
+        subject=oneline(chain[ee_index].subject),
+        leaf_subject=oneline(chain[0].subject),
+        is_proxy=ee_index > 0,
+        chain=tuple(chain),
+    )
+
+
+def _unix_peer(sock: socket.socket) -> Peer:
+    fmt = "3i"
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize(fmt))
+    pid, uid, gid = struct.unpack(fmt, raw)
+    return Peer("unix", uid=uid, gid=gid, pid=pid)
+
+
+def peer_of(sock: object) -> Peer:
+    """The caller on ``sock`` (the connection gunicorn accepted)."""
+    if isinstance(sock, ssl.SSLSocket):
+        return _tls_peer(sock)
+    if isinstance(sock, socket.socket) and sock.family == socket.AF_UNIX:
+        return _unix_peer(sock)
+    return Peer("none")
+
+
+def chain_pem(peer: Peer) -> bytes:
+    """The PEP's verified chain as PEM (for an explicit revocation check)."""
+    return b"".join(c.public_bytes(Encoding.PEM) for c in peer.chain)
