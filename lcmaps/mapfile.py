@@ -30,12 +30,12 @@ change, so a server does not re-parse on every request.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Literal
+
+from lcmaps.cglob import glob_match
 
 __all__ = [
     "Mapfile",
@@ -305,129 +305,6 @@ def find_mapping(
 def key_matches(path: str | os.PathLike[str], value: str, *, wildcards: bool = True) -> bool:
     """True if any line's key matches ``value`` (ban_dn / ban_fqan)."""
     return load(path).find_key(value, wildcards=wildcards) is not None
-
-
-# --- glob matching (glibc fnmatch with FNM_NOESCAPE, no FNM_PATHNAME/PERIOD) ---
-
-_CLASSES: dict[bytes, bytes] = {}
-
-
-def _class_bytes(test: str) -> bytes:
-    return bytes(c for c in range(128) if getattr(chr(c), test)())
-
-
-def _init_classes() -> None:
-    printable = bytes(range(0x20, 0x7F))
-    _CLASSES.update(
-        {
-            b"alpha": _class_bytes("isalpha"),
-            b"digit": b"0123456789",
-            b"alnum": _class_bytes("isalnum"),
-            b"upper": _class_bytes("isupper"),
-            b"lower": _class_bytes("islower"),
-            b"space": b" \t\n\v\f\r",
-            b"blank": b" \t",
-            b"punct": bytes(c for c in printable if not chr(c).isalnum() and c != 0x20),
-            b"print": printable,
-            b"graph": bytes(c for c in printable if c != 0x20),
-            b"cntrl": bytes([*range(0x20), 0x7F]),
-            b"xdigit": b"0123456789abcdefABCDEF",
-        }
-    )
-
-
-_init_classes()
-
-
-class _NeverMatches(Exception):
-    """The pattern contains an invalid character class: glibc returns no match."""
-
-
-def _bracket(pat: bytes, i: int) -> tuple[set[int], bool, int] | None:
-    """Parse ``[...]`` starting after ``[`` at ``i``; ``None`` if unterminated."""
-    n = len(pat)
-    negate = False
-    if i < n and pat[i] in b"!^":
-        negate = True
-        i += 1
-    members: set[int] = set()
-    first = True
-    while True:
-        if i >= n:
-            return None
-        c = pat[i]
-        if c == ord("]") and not first:
-            return members, negate, i + 1
-        first = False
-        if c == ord("[") and i + 1 < n and pat[i + 1] in b":=.":
-            delim = pat[i + 1]
-            end = pat.find(bytes([delim, ord("]")]), i + 2)
-            if end < 0:
-                return None
-            name = pat[i + 2 : end]
-            i = end + 2
-            if delim == ord(":"):
-                if name not in _CLASSES:
-                    raise _NeverMatches
-                members.update(_CLASSES[name])
-                continue
-            if len(name) != 1:
-                raise _NeverMatches
-            c = name[0]
-        else:
-            i += 1
-        if i + 1 < n and pat[i] == ord("-") and pat[i + 1] != ord("]"):
-            hi = pat[i + 1]
-            i += 2
-            if hi == ord("[") and i < n and pat[i] in b"=.":
-                delim = pat[i]
-                end = pat.find(bytes([delim, ord("]")]), i + 1)
-                if end < 0 or end != i + 2:
-                    raise _NeverMatches
-                hi = pat[i + 1]
-                i = end + 2
-            members.update(range(c, hi + 1))
-        else:
-            members.add(c)
-
-
-@lru_cache(maxsize=4096)
-def _compile(pattern: bytes) -> re.Pattern[bytes] | None:
-    out: list[bytes] = []
-    i, n = 0, len(pattern)
-    try:
-        while i < n:
-            c = pattern[i]
-            if c == ord("*"):
-                out.append(b".*")
-                i += 1
-            elif c == ord("?"):
-                out.append(b".")
-                i += 1
-            elif c == ord("["):
-                parsed = _bracket(pattern, i + 1)
-                if parsed is None:
-                    out.append(re.escape(b"["))
-                    i += 1
-                    continue
-                members, negate, i = parsed
-                body = b"".join(b"\\x%02x" % m for m in sorted(members))
-                if not members:
-                    out.append(b"." if negate else b"(?!)")
-                else:
-                    out.append(b"[" + (b"^" if negate else b"") + body + b"]")
-            else:
-                out.append(re.escape(bytes([c])))
-                i += 1
-    except _NeverMatches:
-        return None
-    return re.compile(b"".join(out), re.DOTALL)
-
-
-def glob_match(pattern: str, value: str) -> bool:
-    """glibc ``fnmatch(pattern, value, FNM_NOESCAPE) == 0`` in the C locale (bytes)."""
-    rx = _compile(_encode(pattern))
-    return rx is not None and rx.fullmatch(_encode(value)) is not None
 
 
 def _key_matches(key: str, value: str, wildcards: bool) -> bool:
