@@ -7,7 +7,8 @@ lxml only, cheap to import. The pieces live in:
   xacml_request   AuthzRequest, parse_request (server), build_request (client)
   xacml_response  Decision, build_response / soap_fault / error_response (server),
                   parse_response (client)
-  xacml_wsdl      wsdl(location): the WSDL 1.1 of the one Authorize operation
+  xacml_wsdl      wsdl(location): the WSDL 1.1 of the one Authorize operation, and
+                  zeep_arguments / zeep_result_xml to use it from zeep
 
 Server use::
 
@@ -43,7 +44,7 @@ from client.xacml_response import (
     soap_fault,
 )
 from client.xacml_safe import DEFAULT_LIMITS, Limits, parse_xml
-from client.xacml_wsdl import wsdl
+from client.xacml_wsdl import wsdl, zeep_arguments, zeep_result_xml
 
 CONTENT_TYPE_SOAP11 = "text/xml; charset=utf-8"
 CONTENT_TYPE_SOAP12 = "application/soap+xml; charset=utf-8"
@@ -75,4 +76,6 @@ __all__ = [
     "parse_xml",
     "soap_fault",
     "wsdl",
+    "zeep_arguments",
+    "zeep_result_xml",
 ]

@@ -8,9 +8,14 @@ the authoritative checking is done by `parse_request`, not by the schema.
 
 from __future__ import annotations
 
+import copy
+from typing import Any
 from xml.sax.saxutils import quoteattr
 
+from lxml import etree
+
 from client import xacml_ids as ids
+from client.xacml_request import envelope, serialize
 
 _TEMPLATE = """<?xml version="1.0" encoding="UTF-8"?>
 <wsdl:definitions name="XACMLAuthorization"
@@ -92,3 +97,33 @@ def wsdl(location: str) -> bytes:
         action=ids.SOAP_ACTION,
         location=quoteattr(location),
     ).encode("utf-8")
+
+
+def zeep_arguments(body: bytes) -> dict[str, Any]:
+    """Keyword arguments for zeep's `client.service.Authorize(**kwargs)` from a built request.
+
+    zeep models the loose WSDL as query attributes plus `_value_1` (the child elements), so a
+    body made by `build_request` can be sent through zeep unchanged in content.
+    """
+    root = etree.fromstring(body)
+    query = next(root.iter(f"{{{ids.NS_XACML_SAMLP_V2}}}XACMLAuthzDecisionQuery"), None)
+    if query is None:
+        raise ValueError("body holds no v2 XACMLAuthzDecisionQuery")
+    kwargs: dict[str, Any] = {str(k): str(v) for k, v in query.attrib.items()}
+    for flag in ("ReturnContext", "InputContextOnly", "CombinePolicies"):
+        if flag in kwargs:
+            kwargs[flag] = kwargs[flag] in ("true", "1")
+    kwargs["_value_1"] = [copy.deepcopy(child) for child in query]
+    return kwargs
+
+
+def zeep_result_xml(result: Any) -> bytes:
+    """Re-wrap what zeep returns for Authorize (`_attr_1` + `_value_1`) as a SOAP body,
+    so `parse_response` can read it."""
+    env, soap_body = envelope(False)
+    response = etree.SubElement(soap_body, f"{{{ids.NS_SAMLP}}}Response")
+    for name, value in (getattr(result, "_attr_1", None) or {}).items():
+        response.set(name, str(value))
+    for child in getattr(result, "_value_1", None) or []:
+        response.append(copy.deepcopy(child))
+    return serialize(env)
