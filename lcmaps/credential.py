@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from lcmaps import proxy_chain, voms
-from lcmaps.credential_errors import MalformedCredential
+from lcmaps.credential_errors import ACInvalid, MalformedCredential
 from lcmaps.dn import oneline
 
 __all__ = [
@@ -73,6 +73,7 @@ class Credential:
     limited: bool = False
     verified: bool = False
     voms: tuple[VomsAttributes, ...] = field(default=())
+    voms_error: str | None = None  # why ACs were dropped (``ignore_bad_acs`` mode)
 
     @property
     def leaf(self) -> x509.Certificate:
@@ -191,6 +192,7 @@ def verify_credential(
     policy: ProxyPolicy | None = None,
     verify_voms: bool = True,
     vo_allow: Sequence[str] | None = None,
+    ignore_bad_acs: bool = False,
 ) -> Credential:
     """Verify the chain (and the VOMS ACs) and return the credential marked verified.
 
@@ -199,19 +201,30 @@ def verify_credential(
     proxies, path length, per-level lifetimes). With ``verify_voms`` false the
     ACs are not read at all (FQANs stay empty): unverified attributes are
     never handed out.
+
+    A bad AC fails the whole credential by default. ``ignore_bad_acs=True``
+    reproduces Debian's C LCMAPS 1.6.6 instead, which logs the AC failure and
+    maps by DN alone: the FQANs are dropped and the reason is kept in
+    ``voms_error``. Either way no unverified FQAN is ever returned.
     """
     now = now or datetime.now(UTC)
     policy = policy or ProxyPolicy()
     proxy_chain.verify_chain(cred.chain, cred.identity_index, trust.certdir, now=now,
                              policy=policy)
     acs: tuple[VomsAttributes, ...] = ()
+    voms_error = None
     if verify_voms and trust.vomsdir is not None:
-        acs = voms.verified_attributes(cred.chain, cred.identity_index, trust.vomsdir,
-                                       trust.certdir, now=now)
-        if vo_allow is not None:
-            acs = tuple(ac for ac in acs if ac.vo in vo_allow)
-        policy.check_voms_lifetime(acs, now=now)
-    return replace(cred, verified=True, voms=acs)
+        try:
+            acs = voms.verified_attributes(cred.chain, cred.identity_index, trust.vomsdir,
+                                           trust.certdir, now=now)
+            if vo_allow is not None:
+                acs = tuple(ac for ac in acs if ac.vo in vo_allow)
+            policy.check_voms_lifetime(acs, now=now)
+        except ACInvalid as exc:
+            if not ignore_bad_acs:
+                raise
+            acs, voms_error = (), exc.reason
+    return replace(cred, verified=True, voms=acs, voms_error=voms_error)
 
 
 def read_voms_unverified(cred: Credential) -> tuple[VomsAttributes, ...]:

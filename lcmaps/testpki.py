@@ -144,6 +144,11 @@ class TestPKI:
         self.voms_dn = f"/DC=org/DC=example/CN={voms_host}"
         self.voms_key = self._new_key(fresh=True)
         self.voms_cert = self._issue_ee(self.voms_dn, self.voms_key, server=True, days=365)
+        os.makedirs(os.path.join(self.dir, "voms"), exist_ok=True)
+        self.voms_cert_path = os.path.join(self.dir, "voms", "vomscert.pem")
+        self.voms_key_path = os.path.join(self.dir, "voms", "vomskey.pem")
+        _write(self.voms_cert_path, _pem(self.voms_cert))
+        _write(self.voms_key_path, _key_pem(self.voms_key), 0o600)
         for vo in vos:
             self.trust_vo(vo)
 
@@ -186,6 +191,13 @@ class TestPKI:
             )
             builder = builder.add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(public_key), False
+            )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(public_key), False
+            ).add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()),
+                False,
             )
         for ext, critical in extensions:
             builder = builder.add_extension(ext, critical)
@@ -379,7 +391,8 @@ class TestPKI:
         cert_seq = univ.SequenceOf(componentType=rfc5280.Certificate())
         cert_seq[0] = decoder.decode(self.voms_cert.public_bytes(serialization.Encoding.DER),
                                      asn1Spec=rfc5280.Certificate())[0]
-        certs_ext["extnValue"] = univ.OctetString(encoder.encode(cert_seq))
+        wrapped = encoder.encode(cert_seq)  # VOMS nests the list in one more SEQUENCE
+        certs_ext["extnValue"] = univ.OctetString(b"\x30" + _der_len(len(wrapped)) + wrapped)
         # The C VOMS library refuses ACs without these two, as real servers write them.
         no_rev = info["extensions"][1]
         no_rev["extnID"] = univ.ObjectIdentifier("2.5.29.56")

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error
 from pyasn1.type import univ
-from pyasn1_modules import rfc5280, rfc5755
+from pyasn1_modules import rfc5755
 
 from lcmaps import proxy_chain
 from lcmaps.credential_errors import (
@@ -58,10 +58,6 @@ _SIG_HASHES: dict[str, hashes.HashAlgorithm] = {
     "1.2.840.10045.4.3.3": hashes.SHA384(),
     "1.2.840.10045.4.3.4": hashes.SHA512(),
 }
-
-
-class _CertSequence(univ.SequenceOf):
-    componentType = rfc5280.Certificate()
 
 
 @dataclass(frozen=True)
@@ -127,9 +123,30 @@ def _embedded_certs(info: univ.Sequence) -> tuple[x509.Certificate, ...]:
         return ()
     for ext in info["extensions"]:
         if ext["extnID"] == OID_AC_CERTS:
-            certs, _ = decoder.decode(bytes(ext["extnValue"]), asn1Spec=_CertSequence())
-            return tuple(x509.load_der_x509_certificate(encoder.encode(c)) for c in certs)
+            return _split_certs(bytes(ext["extnValue"]))
     return ()
+
+
+def _is_certificate(value: bytes, pos: int) -> bool:
+    """A Certificate is SEQUENCE { tbsCertificate SEQUENCE { [0] version | serial ...} ...}."""
+    tag, body, _ = read_tlv(value, pos)
+    if tag != 0x30:
+        return False
+    tbs_tag, tbs_body, _ = read_tlv(value, body)
+    return tbs_tag == 0x30 and value[tbs_body] in (0xA0, 0x02)
+
+
+def _split_certs(value: bytes) -> tuple[x509.Certificate, ...]:
+    """VOMS writes SEQUENCE { SEQUENCE OF Certificate }; accept the bare list too."""
+    _, pos, end = read_tlv(value, 0)
+    if pos < end and not _is_certificate(value, pos):
+        _, pos, end = read_tlv(value, pos)  # step into the nested list
+    certs = []
+    while pos < end:
+        _, _, stop = read_tlv(value, pos)
+        certs.append(x509.load_der_x509_certificate(value[pos:stop]))
+        pos = stop
+    return tuple(certs)
 
 
 def _parse_one(ac: univ.Sequence, raw_ac: bytes) -> _ParsedAC:
@@ -311,7 +328,10 @@ def verified_attributes(
     ee_issuer = oneline(ee.issuer)
     for parsed in parsed_acs:
         attrs = parsed.attrs
-        if parsed.holder_serial != ee.serial_number or parsed.holder_issuer != ee_issuer:
+        # The C VOMS library accepts the EE's subject or issuer in the holder's
+        # issuer field (voms-proxy-fake writes the subject); the serial must match.
+        holder_names = (ee_issuer, oneline(ee.subject))
+        if parsed.holder_serial != ee.serial_number or parsed.holder_issuer not in holder_names:
             raise ACHolderMismatch(
                 f"VOMS AC for {attrs.vo} was issued to another certificate "
                 f"(holder {parsed.holder_issuer} serial {parsed.holder_serial})"
