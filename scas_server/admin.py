@@ -100,6 +100,13 @@ def cmd_inspect_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Create the Ed25519 key pair that signs glexec mapping tickets (docs/ticket.md)."""
+    from scas_server.ticket import cmd_keygen as ticket_keygen
+
+    return ticket_keygen([args.path])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scas-admin", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="VOMS trust directory (default $X509_VOMS_DIR or %(default)s)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_inspect_proxy)
+    p = sub.add_parser("keygen", help="make the glexec ticket signing key pair")
+    p.add_argument("path", help="directory, or the private key file to create")
+    p.set_defaults(func=cmd_keygen)
     return parser
 
 

@@ -6,6 +6,8 @@ import base64
 import os
 import re
 import stat
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -300,3 +302,14 @@ def test_public_key_line_with_wrong_id_refused() -> None:
     tampered = PUB.line().replace(PUB.key_id, "0" * 16)
     with pytest.raises(KeyFileError, match="key id"):
         parse_public_key(tampered)
+
+
+def test_keygen_via_scas_admin(tmp_path: Path) -> None:
+    admin = Path(sys.executable).with_name("scas-admin")
+    first = subprocess.run([admin, "keygen", tmp_path], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert parse_public_key(first.stdout).key_id == SigningKey.from_file(
+        tmp_path / "scas_ticket_ed25519.key"
+    ).key_id
+    again = subprocess.run([admin, "keygen", tmp_path], capture_output=True, text=True)
+    assert again.returncode == 1 and "refusing to overwrite" in again.stderr
