@@ -69,13 +69,16 @@ class AuditLog:
         return self._fd
 
     def line(self, record: AuditRecord, *, now: datetime | None = None) -> str:
-        data = {"time": (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+        data: dict[str, Any] = {
+            "time": (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        }
         body = asdict(record)
         extra = body.pop("extra")
         body["latency_ms"] = round(record.latency_ms, 3)
         data.update({k: _clean(v) for k, v in body.items() if v not in (None, "", (), [])})
         data.update({k: _clean(v) for k, v in extra.items() if k not in data})
         data.setdefault("decision", record.decision)
+        data["worker"] = os.getpid()
         return json.dumps(data, ensure_ascii=True, separators=(",", ":"))
 
     def write(self, record: AuditRecord, *, now: datetime | None = None) -> None:

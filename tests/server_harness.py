@@ -136,7 +136,7 @@ class Server:
         self.settings = settings
         self.listen: str = settings["listen"]
         self.log_path = os.path.join(site.directory, "server.log")
-        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.log = open(self.log_path, "ab")
         env = dict(os.environ)
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.proc = subprocess.Popen(
@@ -157,7 +157,8 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"scas-server exited {self.proc.returncode}:\n{self.log_text()}")
+                code = self.proc.returncode
+                raise RuntimeError(f"scas-server exited {code}:\n{self.log_text()}")
             try:
                 if self.listen.startswith("unix:"):
                     status, _ = unix_request(self.listen[5:], "GET", "/health")
