@@ -166,7 +166,7 @@ def test_lease_in_other_pool_fails_without_override(tmp_path: Path) -> None:
     d = make_dir(tmp_path, "opool001", "odteam001")
     gmd = GridmapDir(d)
     gmd.acquire("odteam", ALICE)
-    with pytest.raises(WrongPool, match="points to odteam001, which is not in pool .opool"):
+    with pytest.raises(WrongPool, match=r"points to odteam001, which is not in pool \.opool"):
         gmd.acquire("opool", ALICE)
     assert same_file(d / ALICE_LEASE, d / "odteam001")  # untouched
     assert nlink(d / "opool001") == 1
@@ -196,7 +196,7 @@ def test_pool_exhausted_is_distinct_and_leaves_nothing(tmp_path: Path) -> None:
     gmd = GridmapDir(d)
     gmd.acquire("opool", ALICE)
     before = sorted(os.listdir(d))
-    with pytest.raises(PoolExhausted, match="no free account in pool .opool"):
+    with pytest.raises(PoolExhausted, match=r"no free account in pool \.opool"):
         gmd.acquire("opool", BOB)
     assert sorted(os.listdir(d)) == before
 
@@ -337,7 +337,7 @@ def test_requested_account_taken_by_other(tmp_path: Path) -> None:
 def test_requested_account_outside_pool_or_missing(tmp_path: Path) -> None:
     d = make_dir(tmp_path, "opool001", "odteam001")
     gmd = GridmapDir(d)
-    with pytest.raises(LeaseArgumentError, match="not in pool .opool"):
+    with pytest.raises(LeaseArgumentError, match=r"not in pool \.opool"):
         gmd.acquire("opool", ALICE, requested="odteam001")
     with pytest.raises(NoSuchEntry):
         gmd.acquire("opool", ALICE, requested="opool009")
