@@ -1,0 +1,125 @@
+"""lcmaps_poolaccount.mod: DN -> ``.pool`` in the grid-mapfile -> leased account.
+
+Leases live in the gridmapdir shared with C LCMAPS (:mod:`lcmaps.gridmapdir`).
+Adds uid, pgid, the account's ``getgrouplist`` gids and the lease name as
+pool index. An exhausted pool is a plain plugin failure.
+
+Verification mode checks the plain lease (and the ``mapcount`` ones), not
+C 1.7.1's ``:mapcount=0001``-first lookup that denies correct mappings
+(quirk C8); see the gridmapdir module for that decision.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from lcmaps import mapfile
+from lcmaps.gridmapdir import GridmapDir
+from lcmaps.lease_store import GridmapDirError
+from lcmaps.plugin_api import Plugin, PluginInitError, RunContext, parse_int
+from lcmaps.plugins._common import (
+    GRIDMAPDIR_OPTS,
+    GRIDMAPFILE_OPTS,
+    NO_WILDCARD_OPTS,
+    OVERRIDE_OPTS,
+    add_account,
+    default_gridmapfile,
+    prefixed_file,
+    register_dn,
+    requested_username,
+    value_of,
+)
+
+NAME = "lcmaps_poolaccount"
+
+
+def parse_yes_no_exact(value: str, opt: str, plugin: str) -> bool:
+    if value == "yes":
+        return True
+    if value == "no":
+        return False
+    raise PluginInitError(f'{plugin}: use "yes" or "no" for option {opt}')
+
+
+def gridmapdir_for(path: str | None, plugin: str) -> GridmapDir | None:
+    path = path or os.environ.get("GRIDMAPDIR")
+    if not path:
+        return None
+    return GridmapDir(path, check=False)
+
+
+class PoolAccount(Plugin):
+    name = "poolaccount"
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        super().__init__(argv)
+        self.gridmapfile: str | None = None
+        self.gridmapdir: str | None = None
+        self.override = False
+        self.max_mappings = 1
+        self.strict = True
+        self.wildcards = True
+        args = list(argv)
+        i = 1
+        while i < len(args):
+            opt = args[i]
+            if opt in GRIDMAPFILE_OPTS:
+                self.gridmapfile = prefixed_file(value_of(args, i, NAME, "a file name"), NAME, opt)
+                i += 2
+            elif opt in GRIDMAPDIR_OPTS:
+                d = value_of(args, i, NAME, "a directory")
+                if not d.startswith("/"):
+                    raise PluginInitError(f"{NAME}: {opt} must be an absolute path, got '{d}'")
+                self.gridmapdir = d
+                i += 2
+            elif opt == "-max_mappings_per_credential":
+                n = parse_int(value_of(args, i, NAME, "a number"), NAME, opt, minimum=1)
+                if n > 9999:
+                    raise PluginInitError(f"{NAME}: {opt} must be in 1-9999, got {n}")
+                self.max_mappings = n
+                i += 2
+            elif opt == "-strict_poolprefix_match":
+                self.strict = parse_yes_no_exact(value_of(args, i, NAME, "yes or no"), opt, NAME)
+                i += 2
+            elif opt in OVERRIDE_OPTS:
+                self.override = True
+                i += 1
+            elif opt in NO_WILDCARD_OPTS:
+                self.wildcards = False
+                i += 1
+            else:
+                raise PluginInitError(f"{NAME}: unknown argument '{opt}'")
+
+    def run(self, ctx: RunContext) -> bool:
+        dn = register_dn(ctx)
+        ok, req = requested_username(ctx, NAME)
+        if not ok:
+            return False
+        gmd = gridmapdir_for(self.gridmapdir, NAME)
+        if gmd is None:
+            return ctx.fail(f"{NAME}: no gridmapdir (use -gridmapdir or $GRIDMAPDIR)")
+        path = self.gridmapfile or default_gridmapfile()
+        try:
+            match = mapfile.find_mapping(path, dn, wildcards=self.wildcards, kind="pool")
+        except mapfile.MapfileError as exc:
+            return ctx.fail(f"{NAME}: {exc}")
+        if match is None or match.pool is None:
+            return ctx.fail(f"{NAME}: no pool for the DN in {path}")
+        counter = ctx.request.mapcounter
+        try:
+            if ctx.verifying:
+                assert req is not None
+                lease = gmd.verify(match.pool, dn, req, mapcounter=counter,
+                                   max_mappings=self.max_mappings, strict_prefix=self.strict)
+            else:
+                lease = gmd.acquire(match.pool, dn, mapcounter=counter,
+                                    max_mappings=self.max_mappings, requested=req,
+                                    strict_prefix=self.strict,
+                                    override_inconsistency=self.override)
+        except GridmapDirError as exc:
+            return ctx.fail(f"{NAME}: {exc}")
+        if not add_account(ctx, lease.account, NAME):
+            return False
+        ctx.data.set_poolindex(lease.name)
+        return True
