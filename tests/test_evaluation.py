@@ -87,7 +87,8 @@ def test_evaluation_two_uids_in_one_chain_deny():
 
 
 def test_evaluation_no_primary_gid_denies():
-    e = Engine(parse_policy_db('g = "lcmaps_dummy_good.mod --dummy-uid 1"\np:\ng -> lcmaps_voms.mod\n', "t.db"),
+    text = 'g = "lcmaps_dummy_good.mod --dummy-uid 1"\np:\ng -> lcmaps_voms.mod\n'
+    e = Engine(parse_policy_db(text, "t.db"),
                {"dummy_good": _cls("dummy_good"), "voms": _cls("voms")})
     r = map_credential(e, "/CN=a")
     assert r.decision == "deny" and "no primary gid" in (r.reason or "")

@@ -57,18 +57,21 @@ def test_policy_db_unquoted_value_and_variable_chain():
 
 
 def test_policy_db_relative_path_prefixed_and_second_path_ignored():
-    db = parse('path = lcmaps\npath = /other\ng = "lcmaps_dummy_good.mod"\np:\ng -> lcmaps_dummy_bad.mod\n')
+    db = parse('path = lcmaps\npath = /other\ng = "lcmaps_dummy_good.mod"\n'
+               "p:\ng -> lcmaps_dummy_bad.mod\n")
     assert db.module_path == "/usr/lib/x86_64-linux-gnu/lcmaps"
     assert any("path already defined" in w for w in db.warnings)
 
 
 def test_policy_db_path_with_dash_is_a_syntax_error():
-    err = refuse('path = /usr/lib/x86_64-linux-gnu/lcmaps\ng = "lcmaps_dummy_good.mod"\np:\ng -> g2\n')
+    err = refuse('path = /usr/lib/x86_64-linux-gnu/lcmaps\ng = "lcmaps_dummy_good.mod"\n'
+                 "p:\ng -> g2\n")
     assert str(err).startswith("t.db:1: syntax error")
 
 
 def test_policy_db_quoted_path_accepted_quotes_skipped():
-    db = parse('path = "/usr/lib/lcmaps"\ng = "lcmaps_dummy_good.mod"\np:\ng -> lcmaps_dummy_bad.mod\n')
+    db = parse('path = "/usr/lib/lcmaps"\ng = "lcmaps_dummy_good.mod"\n'
+               "p:\ng -> lcmaps_dummy_bad.mod\n")
     assert db.module_path == "/usr/lib/lcmaps"
 
 

@@ -22,7 +22,7 @@ log = logging.getLogger("lcmaps")
 
 def _digits(value: str, opt: str) -> int:
     if not value.isascii() or not value.isdigit():
-        raise PluginInitError(f"lcmaps_dummy_good: {opt} needs a non-negative number, got '{value}'")
+        raise PluginInitError(f"lcmaps_dummy_good: {opt} needs a number >= 0, got '{value}'")
     return int(value)
 
 
@@ -60,7 +60,8 @@ class DummyGood(Plugin):
                 else:
                     self.sgid = grp.getgrnam(value).gr_gid
             except KeyError:
-                raise PluginInitError(f"lcmaps_dummy_good: no account or group '{value}'") from None
+                reason = f"lcmaps_dummy_good: no account or group '{value}'"
+                raise PluginInitError(reason) from None
 
     def run(self, ctx: RunContext) -> bool:
         if self.uid is not None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lcmaps import accounts, mapfile
-from lcmaps.lease_store import GridmapDirError, PoolExhausted
 from lcmaps.lease_names import lease_string
+from lcmaps.lease_store import GridmapDirError, PoolExhausted
 from lcmaps.plugin_api import Plugin, PluginInitError, RunContext, parse_int
 from lcmaps.plugins._common import (
     GRIDMAPDIR_OPTS,

@@ -41,7 +41,8 @@ class _VomsGroup(Plugin):
         while i < len(args):
             opt = args[i]
             if opt in GROUPMAPFILE_OPTS:
-                self.groupmapfile = prefixed_file(value_of(args, i, name, "a file name"), name, opt)
+                value = value_of(args, i, name, "a file name")
+                self.groupmapfile = prefixed_file(value, name, opt)
                 i += 2
             elif opt == "-mapmin":
                 self.mapmin = parse_int(value_of(args, i, name, "a number"), name, opt)

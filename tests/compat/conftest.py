@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from oracle import Oracle, build_oracle, missing_reason  # noqa: E402
+from oracle import Oracle, build_oracle, missing_reason
 
 GROUPS = ("cdteam", "cprod", "cadmin")
 USERS = ("cpool001", "cpool002", "cpool003", "cdteam001", "cdteam002", "cdteam003",

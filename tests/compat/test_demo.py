@@ -79,11 +79,12 @@ def test_demo_verification_mode_c8_decision(oracle, creds, test_accounts, tmp_pa
     bob = str(creds.proxy("bob"))
     c_rc, c_lease = run_oracle(oracle, "--pem", bob, config_dir=c_cfg, env=env)
     py_rc, py_lease = run_python(py_cfg, "--pem", bob, env=env)
+    assert (c_rc, py_rc) == (0, 0)
     assert c_lease["username"] == py_lease["username"]
     uid, gid = c_lease["uid"], c_lease["pgid"]
     spec = f"{uid}:{gid}:{gid}"
-    c_rc, c_out = run_oracle(oracle, "--pem", bob, "--verify", spec, config_dir=c_cfg, env=env)
-    py_rc, py_out = run_python(py_cfg, "--pem", bob, "--verify", spec, env=env)
+    _, c_out = run_oracle(oracle, "--pem", bob, "--verify", spec, config_dir=c_cfg, env=env)
+    _, py_out = run_python(py_cfg, "--pem", bob, "--verify", spec, env=env)
     assert c_out["decision"] == "deny" and py_out["decision"] == "permit"
     assert {k: c_out[k] for k in ("uid", "username", "pgids", "sgids")} == {
         k: py_out[k] for k in ("uid", "username", "pgids", "sgids")}
