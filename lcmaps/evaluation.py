@@ -59,7 +59,11 @@ def plugin_class(name: str) -> type[Plugin] | None:
             ep = next(iter(eps), None)
             if ep is None:
                 return None
-            _ep_cache[name] = ep.load()
+            try:
+                _ep_cache[name] = ep.load()
+            except (ImportError, AttributeError) as exc:
+                log.error("plugin entry point %s cannot be loaded: %s", name, exc)
+                return None
         return _ep_cache[name]
 
 
