@@ -119,6 +119,7 @@ class Pipeline:
                         "lcmaps": list(self.engines.lcmaps_plugins)},
             "lease_store": {"path": store, "writable": writable},
             "ticket_signing": self.signer is not None,
+            "lcas_enforced": self.engines.lcas is not None,
         }
         return report
 
