@@ -48,6 +48,8 @@ Compatibility decisions
     whole allocation up to ``race_retries`` times (default 3; 0 = exactly
     C) before raising ``LeaseRace``.  Retrying never weakens the one-lease-
     per-account invariant, it only avoids failing a request both racers lose.
+    Likewise a lease seen with link count > 2 is re-checked for a few ms
+    (another host may be backing out of a race) before ``LeaseCorrupt``.
 (d) Verify mode is read-only here (C removes a solitary lease it meets while
     verifying; we leave it).
 """
@@ -266,10 +268,15 @@ class GridmapDir(LeaseStore):
         raise LeaseRace(f"lost the race for a free account in pool .{pool} for lease {name}")
 
     def _pool_mapping(self, pool: str, name: str, strict: bool, override: bool) -> Lease:
-        for _ in range(4):
+        for attempt in range(4):
             try:
                 st = self._lstat(name)
                 if st is not None:
+                    if st.st_nlink > 2 and attempt < 3 and stat.S_ISREG(st.st_mode):
+                        # Maybe two hosts racing for this lease's account right
+                        # now (one will back out); only persistent is corrupt.
+                        time.sleep(0.002 * (attempt + 1))
+                        continue
                     self._check_lease_stat(name, st)
                     if st.st_nlink == 1:
                         self._unlink(name)  # solitary lease: its account is gone
