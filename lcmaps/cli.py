@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--certdir", help="CA directory (default $X509_CERT_DIR)")
     p.add_argument("--vomsdir", help="vomsdir (default $X509_VOMS_DIR)")
     p.add_argument("--json", action="store_true", help="JSON output (the default)")
+    p.add_argument("--strict-voms", action="store_true",
+                   help="deny when a VOMS AC fails verification (C LCMAPS ignores the AC and "
+                        "maps by DN; that is the default here too)")
     return p
 
 
@@ -106,10 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 credential.chain, credential.identity_index, vomsdir, certdir, now=now
             )
         except CredentialError as exc:
-            _emit({"decision": "deny", "uid": None, "username": None, "pgid": None,
-                   "pgids": [], "sgids": [], "poolindex": None,
-                   "reason": f"VOMS attributes rejected: {exc.reason}"})
-            return 1
+            if args.strict_voms:
+                _emit({"decision": "deny", "uid": None, "username": None, "pgid": None,
+                       "pgids": [], "sgids": [], "poolindex": None,
+                       "reason": f"VOMS attributes rejected: {exc.reason}"})
+                return 1
+            # As C LCMAPS 1.6.6: the bad AC is ignored and the DN alone is mapped.
+            print(f"lcmaps-run: warning: VOMS attributes ignored: {exc.reason}", file=sys.stderr)
+            acs = ()
         fqans = tuple(f for ac in acs for f in ac.fqans)
         from dataclasses import replace
 
