@@ -1,0 +1,170 @@
+"""The LCAS framework: load the plugins of an lcas.db and AND their answers.
+
+Behaviour of liblcas 1.3.19 that this copies (checked with the oracle):
+
+* every plugin must allow; the first refusal (file order) decides, later
+  plugins are not asked;
+* no plugins at all denies ("no authorization modules were called");
+* a plugin that cannot be found or refuses its arguments makes the whole
+  LCAS initialisation fail, so every request is denied, with that plugin's
+  name and reason.
+
+A malformed lcas.db is different: :func:`load_chain` raises
+:class:`LcasConfigError` (``file:line: reason``) and nothing is built.
+A plugin that raises while deciding denies (fail closed); the traceback
+goes to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
+
+from lcas.db import DbEntry, LcasConfigError, LcasDbError, load_db
+from lcas.plugin_api import Plugin, PluginInitError, Request, Verdict, clean
+
+if TYPE_CHECKING:
+    from lcmaps.credential import Credential
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Chain",
+    "LcasConfigError",
+    "LcasDbError",
+    "LoadedPlugin",
+    "authorize",
+    "build_chain",
+    "load_chain",
+    "plugin_class",
+]
+
+ENTRY_POINT_GROUP = "scas_stack.lcas_plugins"
+NO_MODULES = "no authorization modules were called (check the lcas db file)"
+
+log = logging.getLogger("lcas")
+_ep_lock = threading.Lock()
+_ep_cache: dict[str, type[Plugin]] = {}
+
+
+def plugin_class(name: str) -> type[Plugin] | None:
+    """The class behind entry point ``name``, or None (missing or not importable)."""
+    with _ep_lock:
+        if name not in _ep_cache:
+            ep = next(iter(entry_points(group=ENTRY_POINT_GROUP, name=name)), None)
+            if ep is None:
+                return None
+            try:
+                _ep_cache[name] = ep.load()
+            except (ImportError, AttributeError) as exc:
+                log.error("LCAS plugin entry point %s cannot be loaded: %s", name, exc)
+                return None
+        return _ep_cache[name]
+
+
+@dataclass(frozen=True)
+class LoadedPlugin:
+    """One lcas.db line after initialisation: the plugin, or why it failed."""
+
+    entry: DbEntry
+    plugin: Plugin | None
+    init_error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.entry.pluginname
+
+
+class Chain:
+    """The initialised plugins of one lcas.db, in file order."""
+
+    def __init__(self, source: str, plugins: Sequence[LoadedPlugin]) -> None:
+        self.source = source
+        self.plugins = tuple(plugins)
+
+    @property
+    def plugin_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.plugins)
+
+    @property
+    def init_failures(self) -> tuple[tuple[str, str], ...]:
+        """``(plugin, reason)`` for every plugin that failed to initialise."""
+        return tuple((p.name, p.init_error) for p in self.plugins if p.init_error is not None)
+
+    def authorize(self, request: Request) -> Verdict:
+        """AND over all plugins; the first refusal is returned with the plugin's name."""
+        failures = self.init_failures
+        if failures:
+            name, reason = failures[0]
+            return Verdict.deny(f"LCAS initialisation failed: {reason}", name)
+        if not self.plugins:
+            return Verdict.deny(NO_MODULES)
+        for loaded in self.plugins:
+            assert loaded.plugin is not None
+            try:
+                verdict = loaded.plugin.authorize(request)
+            except Exception as exc:  # fail closed, whatever the plugin did
+                log.exception("LCAS plugin %s raised", clean(loaded.name))
+                return Verdict.deny(f"internal error: {type(exc).__name__}: {exc}", loaded.name)
+            if not verdict.allowed:
+                log.info("LCAS plugin %s refused %s: %s", clean(loaded.name),
+                         clean(request.dn), verdict.reason)
+                return Verdict.deny(verdict.reason or "refused", loaded.name)
+        return Verdict.allow(f"all {len(self.plugins)} plugins allowed")
+
+    def close(self) -> None:
+        for loaded in self.plugins:
+            if loaded.plugin is not None:
+                try:
+                    loaded.plugin.terminate()
+                except Exception:
+                    log.exception("LCAS plugin %s failed to terminate", clean(loaded.name))
+
+
+def _init_plugin(entry: DbEntry, db_dir: str) -> LoadedPlugin:
+    cls = plugin_class(entry.entry_point)
+    if cls is None:
+        reason = (f"{entry.pluginname}: plugin not found "
+                  f"(no entry point '{entry.entry_point}' in {ENTRY_POINT_GROUP})")
+        return LoadedPlugin(entry, None, clean(reason))
+    try:
+        return LoadedPlugin(entry, cls(entry.argv, db_dir=db_dir))
+    except PluginInitError as exc:
+        return LoadedPlugin(entry, None, clean(exc.reason))
+    except Exception as exc:
+        log.exception("LCAS plugin %s crashed while initialising", clean(entry.pluginname))
+        return LoadedPlugin(entry, None, clean(f"{entry.pluginname}: {exc}"))
+
+
+def build_chain(entries: Sequence[DbEntry], *, db_dir: str = ".", source: str = "lcas.db"
+                ) -> Chain:
+    """Initialise every plugin in order (all of them, so every failure is reported)."""
+    chain = Chain(source, [_init_plugin(e, db_dir) for e in entries])
+    for name, reason in chain.init_failures:
+        log.error("LCAS plugin %s failed to initialise: %s", clean(name), reason)
+    return chain
+
+
+def load_chain(path: str | os.PathLike[str]) -> Chain:
+    """Parse ``path`` and initialise its plugins; raises LcasConfigError if malformed."""
+    name = os.fspath(path)
+    entries = load_db(name)
+    return build_chain(entries, db_dir=os.path.dirname(os.path.abspath(name)), source=name)
+
+
+def authorize(
+    chain: Chain,
+    dn: str,
+    fqans: Sequence[str] = (),
+    *,
+    credential: Credential | None = None,
+    now: datetime | None = None,
+) -> Verdict:
+    """One decision for ``dn``/``fqans`` (and the verified credential, if any)."""
+    when = now if now is not None else datetime.now().astimezone()
+    return chain.authorize(Request(dn, tuple(fqans), credential, when))

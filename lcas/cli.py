@@ -1,0 +1,115 @@
+"""lcas-run: ask an lcas.db whether one user may use this site.
+
+    lcas-run --db FILE (--pem FILE | --dn DN [--fqan F]...) [--certdir D]
+             [--vomsdir D] [--now ISO-8601] [--json]
+
+Prints the decision and, for a deny, which plugin refused and why (one
+line, or one JSON object with ``--json``). With ``--pem`` the proxy is
+verified first (chain against ``--certdir``, VOMS ACs against ``--vomsdir``;
+defaults ``$X509_CERT_DIR`` / ``$X509_VOMS_DIR``, else /etc/grid-security/...);
+a credential that fails verification is a deny. ``--now`` fixes the clock
+(timeslots, certificate lifetimes) for testing.
+
+Exit 0 allow, 1 deny, 2 error (usage, unreadable credential, malformed
+lcas.db: ``file:line: reason`` on stderr and no plugin is run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+
+from lcas.plugin_api import Verdict, clean
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lcas-run", description="Run LCAS on one user.")
+    p.add_argument("--db", required=True, help="lcas.db to use")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pem", help="proxy or certificate chain file (verified)")
+    src.add_argument("--dn", help="user DN, OpenSSL one-line form (with --fqan)")
+    p.add_argument("--fqan", action="append", default=[], help="FQAN (repeatable, in order)")
+    p.add_argument("--certdir", help="CA directory (default $X509_CERT_DIR)")
+    p.add_argument("--vomsdir", help="vomsdir (default $X509_VOMS_DIR)")
+    p.add_argument("--now", help="decide as of this ISO-8601 time (local if no offset)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def _report(verdict: Verdict, dn: str | None, fqans: Sequence[str], as_json: bool) -> int:
+    decision = "allow" if verdict.allowed else "deny"
+    if as_json:
+        obj = {"decision": decision, "dn": dn, "fqans": list(fqans),
+               "plugin": verdict.plugin, "reason": verdict.reason}
+        sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    elif verdict.allowed:
+        sys.stdout.write("allow\n")
+    else:
+        who = f"{clean(verdict.plugin)}: " if verdict.plugin else ""
+        sys.stdout.write(f"deny: {who}{clean(verdict.reason)}\n")
+    return 0 if verdict.allowed else 1
+
+
+def _error(message: str, as_json: bool) -> int:
+    message = clean(message)
+    if as_json:
+        sys.stdout.write(json.dumps({"decision": "error", "reason": message}) + "\n")
+    print(f"lcas-run: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.fqan and args.pem:
+        return _error("--fqan goes with --dn; with --pem the FQANs come from the proxy",
+                      args.json)
+    now = datetime.now().astimezone()
+    if args.now:
+        try:
+            now = datetime.fromisoformat(args.now)
+        except ValueError:
+            return _error(f"--now: not an ISO-8601 time: {args.now!r}", args.json)
+
+    from lcas.chain import LcasConfigError, authorize, load_chain
+
+    try:
+        chain = load_chain(args.db)
+    except LcasConfigError as exc:
+        return _error(str(exc), args.json)
+
+    try:
+        credential = None
+        dn, fqans = args.dn, tuple(args.fqan)
+        if args.pem:
+            from lcmaps.credential import TrustStore, load_proxy_file, verify_credential
+            from lcmaps.credential_errors import CredentialError
+
+            certdir = args.certdir or os.environ.get(
+                "X509_CERT_DIR", "/etc/grid-security/certificates")
+            vomsdir = args.vomsdir or os.environ.get(
+                "X509_VOMS_DIR", "/etc/grid-security/vomsdir")
+            try:
+                credential = load_proxy_file(args.pem)
+            except CredentialError as exc:
+                return _error(f"cannot read credential: {exc.reason}", args.json)
+            dn = credential.identity
+            try:
+                checked = now if now.tzinfo is not None else now.astimezone()
+                credential = verify_credential(credential, TrustStore(certdir, vomsdir),
+                                               now=checked)
+            except CredentialError as exc:
+                refused = Verdict.deny(f"credential refused: {exc.reason}")
+                return _report(refused, dn, (), args.json)
+            fqans = credential.fqans
+        verdict = authorize(chain, dn, fqans, credential=credential, now=now)
+        return _report(verdict, dn, fqans, args.json)
+    finally:
+        chain.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

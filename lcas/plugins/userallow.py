@@ -1,0 +1,46 @@
+"""lcas_userallow.mod: admit only users whose DN is listed.
+
+``pluginargs="[<file>] [-wildcard]"``. The C plugin ignored its argument
+and always read the grid-mapfile; here the argument is honoured, and only
+without one do we fall back to the grid-mapfile like the original
+(``$GRIDMAP``, ``$GLOBUSMAP``, ``$globusmap``, ``$GlobusMap``, else
+``/etc/grid-security/grid-mapfile``). Only the DN column counts, mappings
+are ignored. Keys must equal the DN exactly (case-sensitive) unless
+``-wildcard`` is given: an allow list errs on the narrow side. An unreadable
+list refuses everybody.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from lcas.plugin_api import Plugin, Request, Verdict
+from lcas.plugins._dnlist import DnList, lookup, parse_list_args
+
+DEFAULT_GRIDMAPFILE = "/etc/grid-security/grid-mapfile"
+
+
+def default_gridmapfile() -> str:
+    for var in ("GRIDMAP", "GLOBUSMAP", "globusmap", "GlobusMap"):
+        value = os.environ.get(var)
+        if value:
+            return value
+    return DEFAULT_GRIDMAPFILE
+
+
+class UserAllow(Plugin):
+    name = "userallow"
+
+    def __init__(self, argv: Sequence[str], *, db_dir: str = ".") -> None:
+        super().__init__(argv, db_dir=db_dir)
+        path, wildcard = parse_list_args(argv, self.name, db_dir, flag="-wildcard")
+        self.allowlist = DnList(self.name, path or default_gridmapfile(), wildcards=wildcard)
+
+    def authorize(self, request: Request) -> Verdict:
+        found = lookup(self.allowlist, request)
+        if isinstance(found, Verdict):
+            return found
+        if not found:
+            return Verdict.deny(f"user is not in the allowed list ({self.allowlist.path})")
+        return Verdict.allow()
