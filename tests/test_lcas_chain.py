@@ -1,0 +1,155 @@
+"""The LCAS framework: AND over plugins, empty chain, init failures, plugin errors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from lcas.chain import Chain, LcasConfigError, LoadedPlugin, authorize, load_chain
+from lcas.db import DbEntry
+from lcas.plugin_api import Plugin, Request, Verdict
+
+ALICE = "/DC=org/DC=example/O=Users/CN=Alice Smith"
+MALLORY = "/DC=org/DC=example/O=Users/CN=Mallory"
+
+
+def write(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    write(tmp_path, "ban_users.db", f'# banned\n"{MALLORY}"\n')
+    write(tmp_path, "allowed_users.db", f'"{ALICE}"\n"{MALLORY}"\n')
+    return tmp_path
+
+
+def test_chain_all_plugins_allow(site: Path) -> None:
+    db = write(site, "lcas.db", 'pluginname="lcas_userallow.mod",pluginargs="allowed_users.db"\n'
+                                'pluginname="lcas_userban.mod",pluginargs="ban_users.db"\n')
+    verdict = authorize(load_chain(db), ALICE)
+    assert verdict.allowed and verdict.plugin is None
+
+
+def test_chain_first_refusal_names_plugin_and_reason(site: Path) -> None:
+    db = write(site, "lcas.db", 'pluginname="lcas_userallow.mod",pluginargs="allowed_users.db"\n'
+                                'pluginname="lcas_userban.mod",pluginargs="ban_users.db"\n')
+    verdict = authorize(load_chain(db), MALLORY)
+    assert not verdict.allowed
+    assert verdict.plugin == "lcas_userban.mod"
+    assert "banned" in verdict.reason
+
+
+def test_chain_and_refuses_when_only_one_plugin_refuses(site: Path) -> None:
+    db = write(site, "lcas.db", 'pluginname="lcas_plugin_example.mod"\n'
+                                'pluginname="lcas_userallow.mod",pluginargs="allowed_users.db"\n'
+                                'pluginname="lcas_plugin_example.mod"\n')
+    verdict = authorize(load_chain(db), "/CN=Stranger")
+    assert (verdict.allowed, verdict.plugin) == (False, "lcas_userallow.mod")
+
+
+def test_chain_empty_denies(site: Path) -> None:
+    db = write(site, "lcas.db", "# no plugins\n")
+    verdict = authorize(load_chain(db), ALICE)
+    assert not verdict.allowed
+    assert "no authorization modules" in verdict.reason
+
+
+def test_chain_plugin_init_failure_denies_everybody(site: Path) -> None:
+    db = write(site, "lcas.db", 'pluginname="lcas_plugin_example.mod"\n'
+                                'pluginname="lcas_userban.mod",pluginargs="missing.db"\n')
+    chain = load_chain(db)
+    assert [n for n, _ in chain.init_failures] == ["lcas_userban.mod"]
+    verdict = authorize(chain, ALICE)
+    assert not verdict.allowed
+    assert verdict.plugin == "lcas_userban.mod"
+    assert "missing.db" in verdict.reason and "No such file" in verdict.reason
+
+
+def test_chain_unknown_plugin_denies_with_reason(site: Path) -> None:
+    db = write(site, "lcas.db", 'pluginname="/usr/lib/lcas/lcas_nosuch.mod"\n')
+    verdict = authorize(load_chain(db), ALICE)
+    assert not verdict.allowed
+    assert verdict.plugin == "/usr/lib/lcas/lcas_nosuch.mod"
+    assert "plugin not found" in verdict.reason and "'nosuch'" in verdict.reason
+
+
+def test_chain_bad_plugin_arguments_deny(site: Path) -> None:
+    db = write(site, "lcas.db", 'pluginname="lcas_voms.mod",pluginargs="-authfile"\n')
+    verdict = authorize(load_chain(db), ALICE)
+    assert not verdict.allowed and "-authfile needs a value" in verdict.reason
+
+
+def test_chain_malformed_db_raises_and_builds_nothing(site: Path) -> None:
+    db = write(site, "lcas.db", 'pluginname="lcas_userban.mod",pluginargs="ban_users.db"\n'
+                                'pluginname="lcas_plugin_example.mod",pluginargs="oops\n')
+    with pytest.raises(LcasConfigError, match=r"lcas\.db:2: missing closing quote"):
+        load_chain(db)
+
+
+def test_chain_relative_files_resolve_next_to_lcas_db(site: Path, tmp_path_factory:
+                                                       pytest.TempPathFactory,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    db = write(site, "lcas.db", 'pluginname="lcas_userban.mod",pluginargs="ban_users.db"\n')
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    assert not authorize(load_chain(db), MALLORY).allowed
+
+
+class Recorder(Plugin):
+    """A site plugin that remembers whom it was asked about."""
+
+    name = "recorder"
+
+    def __init__(self, argv: Sequence[str], *, db_dir: str = ".") -> None:
+        super().__init__(argv, db_dir=db_dir)
+        self.asked: list[Request] = []
+
+    def authorize(self, request: Request) -> Verdict:
+        self.asked.append(request)
+        if "deny" in self.argv:
+            return Verdict.deny("told to deny")
+        if "crash" in self.argv:
+            raise RuntimeError("disk on fire")
+        return Verdict.allow()
+
+
+def loaded(*argvs: tuple[str, ...]) -> list[LoadedPlugin]:
+    return [LoadedPlugin(DbEntry(i + 1, a[0], " ".join(a[1:])), Recorder(a))
+            for i, a in enumerate(argvs)]
+
+
+def test_chain_stops_at_first_refusal() -> None:
+    plugins = loaded(("one",), ("two", "deny"), ("three",))
+    verdict = authorize(Chain("x", plugins), ALICE, ["/dteam/Role=NULL/Capability=NULL"])
+    assert verdict.plugin == "two"
+    asked = [len(p.plugin.asked) for p in plugins if isinstance(p.plugin, Recorder)]
+    assert asked == [1, 1, 0]
+
+
+def test_chain_passes_dn_fqans_and_now_to_plugins() -> None:
+    plugins = loaded(("one",))
+    when = datetime(2024, 5, 1, 12, 0)
+    authorize(Chain("x", plugins), ALICE, ["/a", "/b"], now=when)
+    assert isinstance(plugins[0].plugin, Recorder)
+    req = plugins[0].plugin.asked[0]
+    assert (req.dn, req.fqans, req.now, req.credential) == (ALICE, ("/a", "/b"), when, None)
+
+
+def test_chain_plugin_exception_denies() -> None:
+    verdict = authorize(Chain("x", loaded(("one",), ("boom", "crash"))), ALICE)
+    assert not verdict.allowed and verdict.plugin == "boom"
+    assert "disk on fire" in verdict.reason
+
+
+def test_chain_reason_is_one_printable_line() -> None:
+    class Liar(Recorder):
+        def authorize(self, request: Request) -> Verdict:
+            return Verdict.deny("line1\nFAKE LOG LINE")
+
+    chain = Chain("x", [LoadedPlugin(DbEntry(1, "liar"), Liar(("liar",)))])
+    assert authorize(chain, ALICE).reason == "line1?FAKE LOG LINE"
