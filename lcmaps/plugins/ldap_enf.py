@@ -1,0 +1,363 @@
+"""lcmaps_ldap_enf.mod: write the mapped account's groups into an RFC 2307 directory.
+
+Sites whose NSS/PAM read accounts from LDAP cannot switch identity until the
+directory says the mapped user belongs to the mapped groups. As the C
+plugin does, this one sets the ``gidNumber`` of the user's posixAccount
+under ``-sb_user`` to the first primary gid, and adds the user name as a
+``memberUid`` of the posixGroup of every secondary gid under ``-sb_groups``
+(an existing membership is left alone, so repeated runs change nothing).
+
+Differences from C, all on the side of not leaving a half-written directory:
+
+* entries are found by search (posixAccount by ``uid``, posixGroup by
+  ``gidNumber``), not by gluing ``uid=<name>``/``cn=<local group name>``
+  onto the search base, so LDAP group names need not match /etc/group;
+* every entry is looked up before anything is modified: with
+  ``-require_all_groups yes`` (the default) a missing group fails the run
+  with nothing changed; if a write still fails, the writes already made are
+  undone and the reason says what was and was not changed;
+* the connect timeout and every operation honour ``-timeout`` (C only
+  bounds the bind); ``0`` means no limit, as in C;
+* C insists on running as root and on a password file owned by root; here
+  the file must be owned by the process user (root for a root service).
+
+Like C it runs in verification mode too (it only makes the directory
+agree with the mapping). One connection per run, none kept on ``self``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+with warnings.catch_warnings():  # ldap3 2.9 uses pyasn1 names deprecated in 0.6
+    warnings.filterwarnings("ignore", "(tag|type)Map is deprecated", DeprecationWarning)
+    from ldap3 import (
+        MODIFY_ADD,
+        MODIFY_DELETE,
+        MODIFY_REPLACE,
+        NONE,
+        SIMPLE,
+        SUBTREE,
+        Connection,
+        Server,
+    )
+    from ldap3.core.exceptions import LDAPException
+    from ldap3.utils.conv import escape_filter_chars
+
+from lcmaps.plugin_api import Plugin, PluginInitError, RunContext, log
+from lcmaps.plugins._common import value_of
+
+NAME = "lcmaps_ldap_enf"
+MAX_GID = 999_999_999  # C refuses larger group numbers
+RESULT_TYPE_OR_VALUE_EXISTS = 20
+
+_MAX_OPTS = {
+    "-maxuid": "maxuid", "-MAXUID": "maxuid",
+    "-maxpgid": "maxpgid", "-MAXPGID": "maxpgid",
+    "-maxsgid": "maxsgid", "-MAXSGID": "maxsgid",
+}
+
+
+def _ngroups_max() -> int:
+    try:
+        return int(os.sysconf("SC_NGROUPS_MAX"))
+    except (ValueError, OSError):
+        return 65536
+
+
+def _number(value: str, opt: str) -> int:
+    """A string of ASCII digits only, as C's isdigit loop plus strtol."""
+    if not value.isascii() or not value.isdigit():
+        raise PluginInitError(f"{NAME}: {opt} needs a number >= 0, got '{value}'")
+    return int(value)
+
+
+def read_password(path: str) -> str:
+    """The first line of ``path`` (without its newline; other whitespace kept).
+
+    The file must be a regular file owned by the process user with no
+    permission bits beyond owner-read (0400, or 0000 for root)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY)
+    except OSError as exc:
+        raise PluginInitError(f"{NAME}: cannot open -ldap_pw file {path}: "
+                              f"{exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PluginInitError(f"{NAME}: -ldap_pw file {path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise PluginInitError(f"{NAME}: -ldap_pw file {path} is owned by uid "
+                                  f"{st.st_uid}, not by the process user {os.geteuid()}")
+        if st.st_mode & 0o377:
+            raise PluginInitError(f"{NAME}: -ldap_pw file {path} has mode "
+                                  f"{stat.S_IMODE(st.st_mode):04o}, must be 0400 or stricter")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            raw = fh.read(65536)
+    finally:
+        os.close(fd)
+    line = raw.split(b"\n", 1)[0]
+    if not line:
+        raise PluginInitError(f"{NAME}: -ldap_pw file {path} holds no password on its first line")
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PluginInitError(f"{NAME}: -ldap_pw file {path} is not UTF-8") from None
+
+
+class _Failure(Exception):
+    """One-line reason a run fails (turned into ``ctx.fail``)."""
+
+
+@dataclass
+class _Plan:
+    """What the directory needs, found before anything is written."""
+
+    user_dn: str | None = None
+    old_gid: str | None = None
+    new_gid: str | None = None
+    add_to: list[tuple[int, str]] = field(default_factory=list)  # (gid, group dn)
+    already: list[int] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)
+
+
+def _clean(text: object) -> str:
+    return "".join(c if c.isprintable() else "?" for c in str(text))
+
+
+def _ldap_error(conn: Connection) -> str:
+    res = conn.result or {}
+    desc = res.get("description") or "error"
+    msg = res.get("message") or ""
+    return _clean(f"{desc} ({msg})" if msg else desc)
+
+
+class LdapEnf(Plugin):
+    name = "ldap_enf"
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        super().__init__(argv)
+        self.maxuid = -1
+        self.maxpgid = -1
+        self.maxsgid = -1
+        self.require_all_groups = True
+        self.hostname: str | None = None
+        self.port: int | None = None
+        self.dn_manager: str | None = None
+        self.password: str | None = None
+        self.sb_groups: str | None = None
+        self.sb_user: str | None = None
+        self.timeout = 0
+        args, i = list(argv), 1
+        while i < len(args):
+            opt = args[i]
+            if opt in _MAX_OPTS:
+                attr = _MAX_OPTS[opt]
+                if getattr(self, attr) != -1:  # C: a second -maxuid is an unknown parameter
+                    raise PluginInitError(f"{NAME}: option {opt} given twice")
+                setattr(self, attr, _number(value_of(args, i, NAME, "a number"), opt))
+            elif opt in ("-port", "-PORT"):
+                self.port = _number(value_of(args, i, NAME, "a number"), opt)
+                if self.port > 65535:
+                    raise PluginInitError(f"{NAME}: {opt} must be at most 65535, got {self.port}")
+            elif opt in ("-hostname", "-HOSTNAME"):
+                self.hostname = value_of(args, i, NAME, "a host name")
+            elif opt == "-require_all_groups":
+                value = value_of(args, i, NAME, '"yes" or "no"')
+                if value not in ("yes", "no"):
+                    raise PluginInitError(f'{NAME}: use "yes" or "no" for option {opt}')
+                self.require_all_groups = value == "yes"
+            elif opt == "-dn_manager":
+                self.dn_manager = value_of(args, i, NAME, "a DN")
+            elif opt == "-ldap_pw":
+                self.password = read_password(value_of(args, i, NAME, "a file name"))
+            elif opt == "-sb_groups":
+                self.sb_groups = value_of(args, i, NAME, "a search base")
+            elif opt == "-sb_user":
+                self.sb_user = value_of(args, i, NAME, "a search base")
+            elif opt == "-timeout":
+                self.timeout = _number(value_of(args, i, NAME, "a number of seconds"), opt)
+            else:
+                raise PluginInitError(f"{NAME}: unknown argument '{opt}'")
+            i += 2
+        if self.maxsgid > _ngroups_max():
+            raise PluginInitError(f"{NAME}: -maxsgid {self.maxsgid} exceeds the system "
+                                  f"maximum of {_ngroups_max()} groups")
+        given: dict[str, object] = {
+            "-hostname": self.hostname, "-port": self.port, "-dn_manager": self.dn_manager,
+            "-ldap_pw": self.password, "-sb_groups": self.sb_groups, "-sb_user": self.sb_user,
+        }
+        for name, setting in given.items():
+            if setting is None:
+                raise PluginInitError(f"{NAME}: option {name} is required")
+
+    # -- run ---------------------------------------------------------------
+
+    def run(self, ctx: RunContext) -> bool:
+        d = ctx.data
+        for what, items, limit in (("uids", d.uids, self.maxuid),
+                                   ("primary gids", d.pgids, self.maxpgid),
+                                   ("secondary gids", d.sgids, self.maxsgid)):
+            if limit >= 0 and len(items) > limit:
+                return ctx.fail(f"{NAME}: {len(items)} {what}, at most {limit} allowed")
+        if not d.uids:
+            return ctx.fail(f"{NAME}: no uid in the credential data")
+        try:
+            username = pwd.getpwuid(d.uids[0]).pw_name
+        except KeyError:
+            return ctx.fail(f"{NAME}: no user name for uid {d.uids[0]}")
+        pgid = d.pgids[0] if d.pgids else None
+        for gid in ([pgid] if pgid is not None else []) + list(d.sgids):
+            if gid > MAX_GID:
+                return ctx.fail(f"{NAME}: gid {gid} too large (at most {MAX_GID})")
+        try:
+            conn = self._connect()
+        except _Failure as exc:
+            return ctx.fail(str(exc))
+        try:
+            plan = self._plan(conn, username, pgid, d.sgids)
+            if plan.missing and self.require_all_groups:
+                return ctx.fail(f"{NAME}: no posixGroup under {_clean(self.sb_groups)} for gid(s) "
+                                f"{', '.join(map(str, plan.missing))}; nothing changed")
+            for gid in plan.missing:
+                log.info("%s: no posixGroup for gid %d, skipped (-require_all_groups no)",
+                         NAME, gid)
+            self._apply(conn, username, plan)
+        except _Failure as exc:
+            return ctx.fail(str(exc))
+        except LDAPException as exc:
+            return ctx.fail(f"{NAME}: LDAP error at {self._where()}: {_clean(exc)}")
+        finally:
+            _close(conn)
+        log.info("%s: uid=%d(%s) pgid=%s sgids=%s: added to %d group(s), already in %d%s",
+                 NAME, d.uids[0], _clean(username), pgid, d.sgids, len(plan.add_to),
+                 len(plan.already),
+                 "" if plan.new_gid is None else f", gidNumber set to {plan.new_gid}")
+        return True
+
+    def _where(self) -> str:
+        return _clean(f"{self.hostname}:{self.port}")
+
+    def _connect(self) -> Connection:
+        """A bound connection, or _Failure naming host and cause."""
+        limit = self.timeout or None
+        conn: Connection | None = None
+        try:
+            server = Server(self.hostname or "", port=self.port, get_info=NONE,
+                            connect_timeout=limit)
+            conn = Connection(server, user=self.dn_manager, password=self.password,
+                              authentication=SIMPLE, receive_timeout=limit,
+                              raise_exceptions=False, read_only=False)
+            if conn.bind():
+                return conn
+            reason = _ldap_error(conn)
+        except LDAPException as exc:
+            reason = _clean(exc) or type(exc).__name__
+        if conn is not None:
+            _close(conn)
+        raise _Failure(f"{NAME}: cannot bind to LDAP server {self._where()} as "
+                       f"{_clean(self.dn_manager)}: {reason}")
+
+    def _search(self, conn: Connection, base: str, flt: str, attrs: list[str]) -> list[dict]:
+        ok = conn.search(base, flt, search_scope=SUBTREE, attributes=attrs,
+                         time_limit=self.timeout)
+        if not ok and (conn.result or {}).get("result") not in (0, 32):  # 32: noSuchObject
+            raise _Failure(f"{NAME}: LDAP search for {_clean(flt)} under {_clean(base)} "
+                           f"failed: {_ldap_error(conn)}")
+        return [e for e in conn.response or [] if e.get("type") == "searchResEntry"]
+
+    def _plan(self, conn: Connection, username: str, pgid: int | None,
+              sgids: Sequence[int]) -> _Plan:
+        plan = _Plan()
+        name = escape_filter_chars(username)
+        if pgid is not None:
+            base = self.sb_user or ""
+            users = self._search(conn, base, f"(&(objectClass=posixAccount)(uid={name}))",
+                                 ["gidNumber"])
+            if len(users) != 1:
+                raise _Failure(f"{NAME}: {len(users)} posixAccount entries with uid="
+                               f"{_clean(username)} under {_clean(base)}, need exactly 1; "
+                               "nothing changed")
+            plan.user_dn = users[0]["dn"]
+            old = users[0]["attributes"].get("gidNumber")
+            old = old[0] if isinstance(old, list) and old else old
+            plan.old_gid = None if old in (None, []) else str(old)
+            if plan.old_gid != str(pgid):
+                plan.new_gid = str(pgid)
+        for gid in sgids:
+            groups = self._search(conn, self.sb_groups or "",
+                                  f"(&(objectClass=posixGroup)(gidNumber={gid}))",
+                                  ["memberUid"])
+            if not groups:
+                plan.missing.append(gid)
+                continue
+            if len(groups) > 1:
+                raise _Failure(f"{NAME}: {len(groups)} posixGroup entries with gidNumber "
+                               f"{gid} under {_clean(self.sb_groups)}; nothing changed")
+            members = groups[0]["attributes"].get("memberUid") or []
+            if username in members:
+                plan.already.append(gid)
+            else:
+                plan.add_to.append((gid, groups[0]["dn"]))
+        return plan
+
+    def _apply(self, conn: Connection, username: str, plan: _Plan) -> None:
+        """Write the plan; on a failed write undo what was written and raise."""
+        steps: list[tuple[str, str, dict, dict]] = []  # (what, dn, change, undo)
+        if plan.user_dn is not None and plan.new_gid is not None:
+            back = ({"gidNumber": [(MODIFY_REPLACE, [plan.old_gid])]} if plan.old_gid
+                    else {"gidNumber": [(MODIFY_DELETE, [])]})
+            steps.append((f"gidNumber of {plan.user_dn}", plan.user_dn,
+                          {"gidNumber": [(MODIFY_REPLACE, [plan.new_gid])]}, back))
+        for _gid, dn in plan.add_to:
+            steps.append((f"memberUid of {dn}", dn,
+                          {"memberUid": [(MODIFY_ADD, [username])]},
+                          {"memberUid": [(MODIFY_DELETE, [username])]}))
+        written: list[tuple[str, str, dict]] = []
+        for k, (what, dn, change, back) in enumerate(steps):
+            ok, code, cause = _modify(conn, dn, change)
+            if ok:
+                written.append((what, dn, back))
+                continue
+            if code == RESULT_TYPE_OR_VALUE_EXISTS:
+                continue  # someone else added the same member meanwhile
+            stuck = [w for w, udn, uchange in reversed(written) if not _modify(conn, udn,
+                                                                                uchange)[0]]
+            undone = [w for w, _, _ in written if w not in stuck]
+            parts = []
+            if undone:
+                parts.append("undone: " + "; ".join(undone))
+            if stuck:
+                parts.append("COULD NOT UNDO, left changed: " + "; ".join(stuck))
+            if not written:
+                parts.append("nothing else was changed")
+            if k + 1 < len(steps):
+                parts.append("not attempted: " + "; ".join(s[0] for s in steps[k + 1:]))
+            raise _Failure(f"{NAME}: changing {_clean(what)} failed: {cause}; "
+                           f"{_clean('; '.join(parts))}")
+
+
+def _modify(conn: Connection, dn: str, change: dict) -> tuple[bool, int | None, str]:
+    """(ok, LDAP result code, one-line cause); a dropped connection is a failure too."""
+    try:
+        if conn.modify(dn, change):
+            return True, 0, ""
+        return False, (conn.result or {}).get("result"), _ldap_error(conn)
+    except LDAPException as exc:
+        return False, None, _clean(exc) or type(exc).__name__
+
+
+def _close(conn: Connection) -> None:
+    """Unbind, and close the socket even when the connection broke half-way."""
+    try:
+        conn.unbind()
+    except LDAPException:
+        pass
+    sock = getattr(conn, "socket", None)
+    if sock is not None:
+        sock.close()
