@@ -17,11 +17,15 @@ import pwd
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from ldap3 import BASE, MODIFY_ADD, Connection, Server
+
+with warnings.catch_warnings():  # ldap3 2.9 uses pyasn1 names deprecated in 0.6
+    warnings.filterwarnings("ignore", "(tag|type)Map is deprecated", DeprecationWarning)
+    from ldap3 import BASE, MODIFY_ADD, Connection, Server
 
 from lcmaps.evaluation import Engine, map_credential
 from lcmaps.plugin_api import Mode, PluginInitError, RequestedAccount
@@ -180,11 +184,7 @@ class Tree:
 _tree_ids = itertools.count(1)
 
 
-@pytest.fixture
-def tree(slapd, request):
-    base = f"ou=t{next(_tree_ids)},{SUFFIX}"
-    if "readonly" in request.node.name:
-        base = f"ou=readonly,{SUFFIX}"
+def make_tree(slapd: Slapd, base: str) -> Tree:
     c = slapd.admin()
     assert c.add(base, ["organizationalUnit"]), c.result
     for ou in ("Groups", "People"):
@@ -196,6 +196,13 @@ def tree(slapd, request):
                   "homeDirectory": "/usr/sbin"})
     c.unbind()
     return Tree(slapd, base)
+
+
+@pytest.fixture
+def tree(slapd, request):
+    if "readonly" in request.node.name:
+        return make_tree(slapd, f"ou=readonly,{SUFFIX}")
+    return make_tree(slapd, f"ou=t{next(_tree_ids)},{SUFFIX}")
 
 
 @pytest.fixture
@@ -466,3 +473,39 @@ def test_ldap_enf_init_refuses_empty_password_file(tmp_path):
     with pytest.raises(PluginInitError, match="holds no password on its first line"):
         LdapEnf(_argv(pw))
 
+
+
+@pytest.mark.compat
+@pytest.mark.skipif(os.geteuid() != 0, reason="C ldap_enf runs only as root")
+def test_ldap_enf_compat_c_plugin_cannot_bind_to_slapd_2_5(slapd, pwfile, tmp_path,
+                                                             tmp_path_factory):
+    """Debian's C lcmaps_ldap_enf.mod and ours, same policy, twin subtrees of one slapd.
+
+    C calls ldap_init() without asking for LDAPv3, so libldap binds with
+    LDAPv2, which slapd 2.5 refuses ("historical protocol version"); with
+    -timeout set C ignores the bind result and writes anonymously, which
+    fails. So C denies and changes nothing; ours (LDAPv3) permits and writes."""
+    from tests.compat.oracle import build_oracle, missing_reason, run_oracle
+
+    if (why := missing_reason()) or not os.path.exists("/usr/lib/lcmaps/lcmaps_ldap_enf.mod"):
+        pytest.skip(why or "lcmaps-plugins-basic-ldap not installed")
+    oracle = build_oracle(tmp_path_factory.getbasetemp() / "ldap_enf_oracle")
+    c_tree = make_tree(slapd, f"ou=t{next(_tree_ids)},{SUFFIX}")
+    py_tree = make_tree(slapd, f"ou=t{next(_tree_ids)},{SUFFIX}")
+    py = map_credential(engine(tmp_path, ldap_args(py_tree, pwfile)), DN, ADM_TTY)
+    (tmp_path / "lcmaps.db").write_text(
+        "path = /usr/lib/lcmaps\n"
+        'good = "lcmaps_dummy_good.mod --dummy-uid 1 --dummy-gid 1"\n'
+        f'groups = "lcmaps_voms_localgroup.mod -groupmapfile {tmp_path / "groupmapfile"} '
+        '--map-to-secondary-groups"\n'
+        f'ldap = "lcmaps_ldap_enf.mod {ldap_args(c_tree, pwfile)}"\n'
+        "mapping:\ngood -> groups\ngroups -> ldap\n")
+    _, c_out = run_oracle(oracle, "--no-lcas", "--dn", DN, "--fqan", ADM_TTY[0],
+                          "--fqan", ADM_TTY[1], config_dir=tmp_path)
+    c_log = (tmp_path / "oracle.log").read_text()
+    assert c_out["decision"] == "deny"
+    assert "ldap_modify_ext_s failed: Strong(er) authentication required" in c_log
+    assert (c_tree.members("adm"), c_tree.members("tty"), c_tree.user_gid()) == ([], [], "65534")
+    assert py.permitted, py.reason
+    assert (py_tree.members("adm"), py_tree.members("tty"), py_tree.user_gid()) == \
+        (["daemon"], ["daemon"], "1")
