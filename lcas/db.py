@@ -14,6 +14,13 @@ Grammar (checked against liblcas 1.3.19 through the oracle)::
 * blank lines and lines whose first non-blank character is ``#`` are
   comments; after a complete pair, `` # text`` is a trailing comment.
 
+Where C is stricter we read the line as meant (C then denies everybody):
+a CRLF ``\\r`` is dropped (C keeps it in an unquoted last value, and
+reads a blank CRLF line or ``,\\r`` as a pair without ``=``), and ``#``
+after a complete pair is a comment (C ignores text after a value up to the
+next ``,`` and refuses a ``#`` after a comma). Pinned by
+tests/compat/test_lcas_compat.py.
+
 Where C LCAS is silently lax we refuse with ``file:line: reason`` instead,
 because a half-read authorization list must never run: an unclosed quote
 (C also refuses), text after a value (C drops it, so ``pluginargs=-a b``

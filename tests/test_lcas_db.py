@@ -84,7 +84,7 @@ def test_db_empty_file_is_an_empty_list() -> None:
 
 
 def test_db_missing_file_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(LcasConfigError, match="nosuch.db: cannot read: No such file"):
+    with pytest.raises(LcasConfigError, match=r"nosuch\.db: cannot read: No such file"):
         load_db(tmp_path / "nosuch.db")
 
 
