@@ -150,6 +150,7 @@ def test_config_audit_directory_must_exist(site: Path) -> None:
 def test_config_check_command_reports_lcmaps_line(site: Path, capsys: Any) -> None:
     from scas_server.cli import main
 
+    (site / "lcas.db").write_text("# a valid, empty LCAS chain\n")
     (site / "lcmaps.db").write_text("good = \"lcmaps_dummy_good.mod\"\n\nglexec:\ngood ->\n")
     rc = main(["--config", _write(site, tls=None, listen="unix:/tmp/x.sock"), "--check"])
     err = capsys.readouterr().err
