@@ -121,15 +121,7 @@ def _load_lcmaps(path: str) -> tuple[Any, list[str]]:
 
 
 def _load_lcas(path: str) -> Any:
-    try:
-        from lcas.chain import load_chain
-    except ModuleNotFoundError as exc:
-        if exc.name != "lcas.chain":
-            raise
-        # TEMPORARY until lcas/chain.py lands; /health shows lcas_enforced: false
-        log.warning("LCAS library unavailable: %s is not enforced", path)
-        return None
-    from lcas.chain import LcasConfigError
+    from lcas.chain import LcasConfigError, load_chain
 
     try:
         return load_chain(path)
