@@ -1,0 +1,258 @@
+"""C vs Python for LCMAPS plugin options (issue 3), one case per option.
+
+Each case writes its own ``lcmaps.db`` (and, where needed, mapfiles) into two
+separate copies of the compat site, runs the real C oracle on one and
+``lcmaps-run`` on the other with the same input, and asserts the same exit
+code, the same compared result fields and the same gridmapdir/groupmapdir
+listings. The C decision is pinned too, so a case whose option stops mattering
+shows up. DN+FQAN input wherever no certificate is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from oracle import run_oracle
+from sitecfg import compared, cred_env, make_site, run_python  # type: ignore[attr-defined]
+
+from lcmaps.gridmapdir import GridmapDir
+
+ALICE = "/DC=org/DC=example/O=Users/CN=Alice Smith"
+EVE = "/DC=org/DC=example/O=Users/CN=Eve Intruder"
+FRANK = "/DC=org/DC=example/O=Users/CN=Frank Local"
+DTEAM = "/dteam/Role=NULL/Capability=NULL"
+PROD = "/dteam/production/Role=NULL/Capability=NULL"
+ADMIN = "/dteam/Role=admin/Capability=NULL"
+BANNED = "/dteam/Role=banned/Capability=NULL"
+OTHER = "/other/Role=NULL/Capability=NULL"
+
+GMF = "-gridmapfile {cfg}/grid-mapfile"
+GMD = "-gridmapdir {gmd}"
+GRPMF = "-groupmapfile {cfg}/groupmapfile"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One option case: plugin lines + policy body, input, what C decides."""
+
+    plugins: str
+    policy: str
+    args: tuple[str, ...]
+    decision: str
+    files: dict[str, str] = field(default_factory=dict)
+    entries: tuple[str, ...] | None = None
+    setup: Callable[[Path], None] | None = None
+    pem: str | None = None  # creds user/name, for cases that need a certificate
+
+
+def _db(case: Case, cfg: Path, gmd: Path, certdir: Path) -> str:
+    body = case.plugins.format(cfg=cfg, gmd=gmd, certdir=certdir)
+    return f"path = /usr/lib/lcmaps\n\n{body}\n\np:\n{case.policy}\n"
+
+
+def _steal_lease(pool: str, dn: str) -> Callable[[Path], None]:
+    """A lease for ``dn`` in another pool, as a site changing a mapping leaves it."""
+
+    def setup(gmd: Path) -> None:
+        GridmapDir(gmd).acquire(pool, dn)
+
+    return setup
+
+
+POOL = f'pool = "lcmaps_poolaccount.mod" "{GMF}" "{GMD}"'
+GOOD = 'good = "lcmaps_dummy_good.mod"'
+LOCAL = f'local = "lcmaps_localaccount.mod" "{GMF}"'
+GROUPMAP_MIXED = '"/dteam/production/*" cprod\n"/dteam/Role=admin/*" cadmin\n'
+
+CASES: dict[str, Case] = {
+    # --- poolaccount ----------------------------------------------------------
+    "pool_maxmap2_counter1": Case(
+        f'{POOL} "-max_mappings_per_credential 2"\n{GOOD}',
+        "pool -> good", ("--dn", ALICE, "--mapcounter", "1"), "permit"),
+    "pool_maxmap2_counter2": Case(
+        f'{POOL} "-max_mappings_per_credential 2"\n{GOOD}',
+        "pool -> good", ("--dn", ALICE, "--mapcounter", "2"), "permit"),
+    "pool_maxmap2_counter3": Case(
+        f'{POOL} "-max_mappings_per_credential 2"\n{GOOD}',
+        "pool -> good", ("--dn", ALICE, "--mapcounter", "3"), "deny"),
+    "pool_strict_prefix_default": Case(
+        f"{POOL}\n{GOOD}", "pool -> good", ("--dn", ALICE), "deny",
+        files={"grid-mapfile": f'"{ALICE}" .cd\n'},
+        entries=("cpoolx", "cdteam001", "cdteam002")),
+    "pool_strict_prefix_no": Case(
+        f'{POOL} "-strict_poolprefix_match no"\n{GOOD}', "pool -> good", ("--dn", ALICE),
+        "permit", files={"grid-mapfile": f'"{ALICE}" .cd\n'},
+        entries=("cpoolx", "cdteam001", "cdteam002")),
+    "pool_strict_prefix_no_cpoolx": Case(
+        f'{POOL} "-strict_poolprefix_match no"\n{GOOD}', "pool -> good", ("--dn", ALICE),
+        "permit", files={"grid-mapfile": f'"{ALICE}" .cpool\n'},
+        entries=("cpool001", "cpoolx")),
+    "pool_wildcard_default": Case(
+        f"{POOL}\n{GOOD}", "pool -> good", ("--dn", ALICE), "permit",
+        files={"grid-mapfile": '"/DC=org/DC=example/O=Users/CN=Alice*" .cpool\n'}),
+    "pool_no_wildcard": Case(
+        f'{POOL} "-no_wildcard"\n{GOOD}', "pool -> good", ("--dn", ALICE), "deny",
+        files={"grid-mapfile": '"/DC=org/DC=example/O=Users/CN=Alice*" .cpool\n'}),
+    "pool_inconsistent_lease": Case(
+        f"{POOL}\n{GOOD}", "pool -> good", ("--dn", ALICE), "deny",
+        setup=_steal_lease("cdteam", ALICE)),
+    "pool_override_inconsistency": Case(
+        f'{POOL} "-override_inconsistency"\n{GOOD}', "pool -> good", ("--dn", ALICE),
+        "permit", setup=_steal_lease("cdteam", ALICE)),
+    # --- ban_dn / ban_fqan ----------------------------------------------------
+    "ban_dn_wildcard": Case(
+        f'ban = "lcmaps_ban_dn.mod" "-banmapfile {{cfg}}/ban_users.db"\n{LOCAL}\n{GOOD}',
+        "ban -> local\nlocal -> good", ("--dn", EVE), "deny",
+        files={"grid-mapfile": f'"{EVE}" cjohn\n'}),
+    "ban_dn_no_wildcard": Case(
+        f'ban = "lcmaps_ban_dn.mod" "-banmapfile {{cfg}}/ban_users.db" "-no_wildcard"\n'
+        f"{LOCAL}\n{GOOD}",
+        "ban -> local\nlocal -> good", ("--dn", EVE), "permit",
+        files={"grid-mapfile": f'"{EVE}" cjohn\n'}),
+    "ban_fqan_wildcard": Case(
+        f'ban = "lcmaps_ban_fqan.mod" "-banmapfile {{cfg}}/ban_fqans.db"\n{LOCAL}\n{GOOD}',
+        "ban -> local\nlocal -> good", ("--dn", FRANK, "--fqan", BANNED), "deny"),
+    "ban_fqan_no_wildcard": Case(
+        f'ban = "lcmaps_ban_fqan.mod" "-banmapfile {{cfg}}/ban_fqans.db" "-no_wildcard"\n'
+        f"{LOCAL}\n{GOOD}",
+        "ban -> local\nlocal -> good", ("--dn", FRANK, "--fqan", BANNED), "permit"),
+    "ban_fqan_no_fqans": Case(
+        f'ban = "lcmaps_ban_fqan.mod" "-banmapfile {{cfg}}/ban_fqans.db"\n{LOCAL}\n{GOOD}',
+        "ban -> local\nlocal -> good", ("--dn", FRANK), "permit"),
+}
+
+
+def _lgrp(opts: str) -> str:
+    return f'grp = "lcmaps_voms_localgroup.mod" "{GRPMF}"{opts}\n{LOCAL}\n{GOOD}'
+
+
+GRP_POLICY = "grp -> local\nlocal -> good"
+CASES.update({
+    # --- voms_localgroup ------------------------------------------------------
+    "localgroup_default": Case(
+        _lgrp(""), GRP_POLICY, ("--dn", FRANK, "--fqan", PROD, "--fqan", ADMIN), "permit"),
+    "localgroup_unmapped_default": Case(
+        _lgrp(""), GRP_POLICY, ("--dn", FRANK, "--fqan", PROD, "--fqan", OTHER), "permit",
+        files={"groupmapfile": GROUPMAP_MIXED}),
+    "localgroup_mapall": Case(
+        _lgrp(' "-mapall"'), GRP_POLICY, ("--dn", FRANK, "--fqan", PROD, "--fqan", OTHER),
+        "deny", files={"groupmapfile": GROUPMAP_MIXED}),
+    "localgroup_mapall_all_mapped": Case(
+        _lgrp(' "-mapall"'), GRP_POLICY, ("--dn", FRANK, "--fqan", PROD, "--fqan", ADMIN),
+        "permit", files={"groupmapfile": GROUPMAP_MIXED}),
+    "localgroup_mapmin2_one": Case(
+        _lgrp(' "-mapmin 2"'), GRP_POLICY, ("--dn", FRANK, "--fqan", PROD, "--fqan", OTHER),
+        "deny", files={"groupmapfile": GROUPMAP_MIXED}),
+    "localgroup_mapmin2_two": Case(
+        _lgrp(' "-mapmin 2"'), GRP_POLICY, ("--dn", FRANK, "--fqan", PROD, "--fqan", ADMIN),
+        "permit", files={"groupmapfile": GROUPMAP_MIXED}),
+    "localgroup_map_to_secondary": Case(
+        _lgrp(' "--map-to-secondary-groups"'), GRP_POLICY,
+        ("--dn", FRANK, "--fqan", PROD, "--fqan", ADMIN), "permit"),
+})
+
+
+def _vla(opts: str) -> str:
+    return (f'grp = "lcmaps_voms_localgroup.mod" "{GRPMF}" "-mapmin 0"\n'
+            f'vla = "lcmaps_voms_localaccount.mod" "{GMF}"{opts}\n{GOOD}')
+
+
+VLA_GMF = {"grid-mapfile": '"/dteam/production/*" cjohn\n"/dteam/*" cextra001\n'}
+VLA_POLICY = "grp -> vla\nvla -> good"
+VLA_ARGS = ("--dn", ALICE, "--fqan", PROD, "--fqan", ADMIN)
+CASES.update({
+    # --- voms_localaccount ----------------------------------------------------
+    "vla_default": Case(_vla(""), VLA_POLICY, VLA_ARGS, "permit", files=VLA_GMF),
+    "vla_use_voms_gid": Case(
+        _vla(' "--use-voms-gid"'), VLA_POLICY, VLA_ARGS, "permit", files=VLA_GMF),
+    "vla_primary_as_secondary": Case(
+        _vla(' "--add-primary-gid-as-secondary-gid-from-mapped-account"'), VLA_POLICY,
+        VLA_ARGS, "permit", files=VLA_GMF),
+    "vla_no_secondary_from_account": Case(
+        _vla(' "--do-not-add-secondary-gids-from-mapped-account"'), VLA_POLICY, VLA_ARGS,
+        "permit", files=VLA_GMF),
+})
+
+
+def _vpa(opts: str) -> str:
+    return (f'grp = "lcmaps_voms_localgroup.mod" "{GRPMF}" "-mapmin 0"\n'
+            f'vpa = "lcmaps_voms_poolaccount.mod" "{GMF}" "{GMD}"{opts}\n{GOOD}')
+
+
+VPA_POLICY = "grp -> vpa\nvpa -> good"
+VPA_ARGS = ("--dn", ALICE, "--fqan", DTEAM, "--fqan", PROD)
+CASES.update({
+    # --- voms_poolaccount -----------------------------------------------------
+    "vpa_default": Case(_vpa(""), VPA_POLICY, VPA_ARGS, "permit"),
+    "vpa_no_secondary_gids": Case(
+        _vpa(' "--do-not-use-secondary-gids"'), VPA_POLICY, VPA_ARGS, "permit"),
+    "vpa_use_account_gid": Case(
+        _vpa(' "--use-account-gid"'), VPA_POLICY, VPA_ARGS, "permit"),
+    # --- voms_poolgroup -------------------------------------------------------
+    "poolgroup_lease": Case(
+        'vpg = "lcmaps_voms_poolgroup.mod" "-groupmapfile {cfg}/groupmapfile"'
+        ' "-groupmapdir {cfg}/../groupmapdir"\n'
+        f"{LOCAL}\n{GOOD}",
+        "vpg -> local\nlocal -> good", ("--dn", FRANK, "--fqan", DTEAM), "permit",
+        files={"groupmapfile": '"/dteam/*" .cd\n'}),
+    # --- dummy_good -----------------------------------------------------------
+    "dummy_good_ids": Case(
+        'good = "lcmaps_dummy_good.mod" "--dummy-uid 4242" "--dummy-gid 4343" '
+        '"--dummy-sec-gid 4444"\nban = "lcmaps_ban_dn.mod" "-banmapfile {cfg}/ban_users.db"',
+        "good -> ban", ("--dn", ALICE), "permit"),
+})
+
+
+def _leases(root: Path) -> list[tuple[str, tuple[str, int], ...]]:
+    out = []
+    for d in ("gridmapdir", "groupmapdir"):
+        p = root / d
+        if p.is_dir():
+            out.append((d, *sorted((n, os.stat(p / n).st_nlink) for n in os.listdir(p))))
+    return out
+
+
+def _site(root: Path, case: Case, certdir: Path) -> Path:
+    cfg = make_site(root, certdir, *(() if case.entries is None else (case.entries,)))
+    for name, text in case.files.items():
+        (cfg / name).write_text(text)
+    gmd = root / "gridmapdir"
+    if "groupmapdir" in case.plugins:
+        grp = root / "groupmapdir"
+        grp.mkdir()
+        for g in ("cdteam", "cprod", "cadmin"):
+            (grp / g).touch()
+    (cfg / "lcmaps.db").write_text(_db(case, cfg, gmd, certdir))
+    if case.setup is not None:
+        case.setup(gmd)
+    return cfg
+
+
+def _run_both(oracle, creds, tmp_path: Path, case: Case, args: tuple[str, ...]):
+    env = cred_env(creds.certdir, creds.vomsdir)
+    c_cfg = _site(tmp_path / "c", case, creds.certdir)
+    py_cfg = _site(tmp_path / "py", case, creds.certdir)
+    assert _leases(tmp_path / "c") == _leases(tmp_path / "py")
+    c_args = (["--no-lcas"] if "--dn" in args else []) + list(args)
+    c_rc, c_out = run_oracle(oracle, *c_args, config_dir=c_cfg, env=env)
+    py_rc, py_out = run_python(py_cfg, *args, env=env)
+    return (c_rc, c_out), (py_rc, py_out)
+
+
+XFAIL: dict[str, str] = {}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=XFAIL[n])) if n in XFAIL else n
+    for n in CASES
+])
+def test_plugin_option_matches_c(name, oracle, creds, test_accounts, tmp_path):
+    case = CASES[name]
+    (c_rc, c_out), (py_rc, py_out) = _run_both(oracle, creds, tmp_path, case, case.args)
+    assert c_out.get("decision") == case.decision, c_out
+    assert (py_rc, compared(py_out)) == (c_rc, compared(c_out))
+    assert _leases(tmp_path / "py") == _leases(tmp_path / "c")
