@@ -11,7 +11,8 @@ shows up. DN+FQAN input wherever no certificate is needed.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +25,14 @@ from lcmaps.gridmapdir import GridmapDir
 ALICE = "/DC=org/DC=example/O=Users/CN=Alice Smith"
 EVE = "/DC=org/DC=example/O=Users/CN=Eve Intruder"
 FRANK = "/DC=org/DC=example/O=Users/CN=Frank Local"
+ALICE_LEASE = "%2fdc%3dorg%2fdc%3dexample%2fo%3dusers%2fcn%3dalice%20smith"
 DTEAM = "/dteam/Role=NULL/Capability=NULL"
 PROD = "/dteam/production/Role=NULL/Capability=NULL"
 ADMIN = "/dteam/Role=admin/Capability=NULL"
 BANNED = "/dteam/Role=banned/Capability=NULL"
 OTHER = "/other/Role=NULL/Capability=NULL"
 
+POOL_GROUPS = ("cpgrp001", "cpgrp002")
 GMF = "-gridmapfile {cfg}/grid-mapfile"
 GMD = "-gridmapdir {gmd}"
 GRPMF = "-groupmapfile {cfg}/groupmapfile"
@@ -47,6 +50,7 @@ class Case:
     entries: tuple[str, ...] | None = None
     setup: Callable[[Path], None] | None = None
     pem: str | None = None  # creds user/name, for cases that need a certificate
+    lease: str | None = None  # a lease name C must leave behind (gridmapdir/groupmapdir)
 
 
 def _db(case: Case, cfg: Path, gmd: Path, certdir: Path) -> str:
@@ -72,10 +76,12 @@ CASES: dict[str, Case] = {
     # --- poolaccount ----------------------------------------------------------
     "pool_maxmap2_counter1": Case(
         f'{POOL} "-max_mappings_per_credential 2"\n{GOOD}',
-        "pool -> good", ("--dn", ALICE, "--mapcounter", "1"), "permit"),
+        "pool -> good", ("--dn", ALICE, "--mapcounter", "1"), "permit",
+        lease=f"{ALICE_LEASE}:mapcount=0001"),
     "pool_maxmap2_counter2": Case(
         f'{POOL} "-max_mappings_per_credential 2"\n{GOOD}',
-        "pool -> good", ("--dn", ALICE, "--mapcounter", "2"), "permit"),
+        "pool -> good", ("--dn", ALICE, "--mapcounter", "2"), "permit",
+        lease=f"{ALICE_LEASE}:mapcount=0002"),
     "pool_maxmap2_counter3": Case(
         f'{POOL} "-max_mappings_per_credential 2"\n{GOOD}',
         "pool -> good", ("--dn", ALICE, "--mapcounter", "3"), "deny"),
@@ -187,24 +193,81 @@ VPA_POLICY = "grp -> vpa\nvpa -> good"
 VPA_ARGS = ("--dn", ALICE, "--fqan", DTEAM, "--fqan", PROD)
 CASES.update({
     # --- voms_poolaccount -----------------------------------------------------
-    "vpa_default": Case(_vpa(""), VPA_POLICY, VPA_ARGS, "permit"),
+    "vpa_default": Case(_vpa(""), VPA_POLICY, VPA_ARGS, "permit",
+                        lease=f"{ALICE_LEASE}:cdteam:cprod"),
     "vpa_no_secondary_gids": Case(
-        _vpa(' "--do-not-use-secondary-gids"'), VPA_POLICY, VPA_ARGS, "permit"),
+        _vpa(' "--do-not-use-secondary-gids"'), VPA_POLICY, VPA_ARGS, "permit",
+        lease=f"{ALICE_LEASE}:cdteam"),
     "vpa_use_account_gid": Case(
-        _vpa(' "--use-account-gid"'), VPA_POLICY, VPA_ARGS, "permit"),
+        _vpa(' "--use-account-gid"'), VPA_POLICY, VPA_ARGS, "permit",
+        lease=f"{ALICE_LEASE}:cdteam:cprod"),
     # --- voms_poolgroup -------------------------------------------------------
     "poolgroup_lease": Case(
         'vpg = "lcmaps_voms_poolgroup.mod" "-groupmapfile {cfg}/groupmapfile"'
         ' "-groupmapdir {cfg}/../groupmapdir"\n'
         f"{LOCAL}\n{GOOD}",
         "vpg -> local\nlocal -> good", ("--dn", FRANK, "--fqan", DTEAM), "permit",
-        files={"groupmapfile": '"/dteam/*" .cd\n'}),
+        files={"groupmapfile": '"/dteam/*" .cpgrp\n'},
+        lease="%2fdteam%2frole%3dnull%2fcapability%3dnull"),
     # --- dummy_good -----------------------------------------------------------
     "dummy_good_ids": Case(
         'good = "lcmaps_dummy_good.mod" "--dummy-uid 4242" "--dummy-gid 4343" '
         '"--dummy-sec-gid 4444"\nban = "lcmaps_ban_dn.mod" "-banmapfile {cfg}/ban_users.db"',
         "good -> ban", ("--dn", ALICE), "permit"),
 })
+
+
+def _verify(opt: str) -> str:
+    return (f'verify = "lcmaps_verify_proxy.mod" "-certdir {{certdir}}"{opt}\n'
+            f"{LOCAL}\n{GOOD}")
+
+
+VERIFY_POLICY = "verify -> local\nlocal -> good"
+VERIFY_GMF = {"grid-mapfile": f'"{ALICE}" cjohn\n'}
+CASES.update({
+    # --- verify_proxy (needs a certificate) ------------------------------------
+    "verify_default_limited": Case(
+        _verify(""), VERIFY_POLICY, (), "permit", files=VERIFY_GMF, pem="limited"),
+    "verify_disallow_limited_limited": Case(
+        _verify(' "--disallow-limited-proxy"'), VERIFY_POLICY, (), "deny", files=VERIFY_GMF,
+        pem="limited"),
+    "verify_disallow_limited_normal": Case(
+        _verify(' "--disallow-limited-proxy"'), VERIFY_POLICY, (), "permit", files=VERIFY_GMF,
+        pem="proxy"),
+    "verify_require_limited_normal": Case(
+        _verify(' "--require-limited-proxy"'), VERIFY_POLICY, (), "deny", files=VERIFY_GMF,
+        pem="proxy"),
+    "verify_require_limited_limited": Case(
+        _verify(' "--require-limited-proxy"'), VERIFY_POLICY, (), "permit", files=VERIFY_GMF,
+        pem="limited"),
+})
+
+
+@pytest.fixture(scope="module")
+def pool_groups() -> Iterator[None]:
+    """Real groups for the voms_poolgroup pool (c-prefixed, removed afterwards)."""
+    made = []
+    for g in POOL_GROUPS:
+        if subprocess.run(["getent", "group", g], capture_output=True).returncode != 0:
+            subprocess.run(["groupadd", g], check=True)
+            made.append(g)
+    yield
+    for g in made:
+        subprocess.run(["groupdel", g], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def limited_proxy(creds, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Alice's limited RFC proxy, chaining to the harness's CA directory."""
+    out = tmp_path_factory.mktemp("limited") / "limited.pem"
+    user = creds.directory / "alice"
+    subprocess.run(
+        ["grid-proxy-init", "-q", "-rfc", "-limited", "-cert", str(user / "usercert.pem"),
+         "-key", str(user / "userkey.pem"), "-certdir", str(creds.certdir), "-out", str(out)],
+        check=True, capture_output=True, stdin=subprocess.DEVNULL,
+        env={**os.environ, "HOME": str(out.parent)},
+    )
+    return out
 
 
 def _leases(root: Path) -> list[tuple[str, tuple[str, int], ...]]:
@@ -216,6 +279,10 @@ def _leases(root: Path) -> list[tuple[str, tuple[str, int], ...]]:
     return out
 
 
+def _leases_names(root: Path) -> list[tuple[str, ...]]:
+    return [(d, *(n for n, _ in rest)) for d, *rest in _leases(root)]
+
+
 def _site(root: Path, case: Case, certdir: Path) -> Path:
     cfg = make_site(root, certdir, *(() if case.entries is None else (case.entries,)))
     for name, text in case.files.items():
@@ -224,7 +291,7 @@ def _site(root: Path, case: Case, certdir: Path) -> Path:
     if "groupmapdir" in case.plugins:
         grp = root / "groupmapdir"
         grp.mkdir()
-        for g in ("cdteam", "cprod", "cadmin"):
+        for g in POOL_GROUPS:
             (grp / g).touch()
     (cfg / "lcmaps.db").write_text(_db(case, cfg, gmd, certdir))
     if case.setup is not None:
@@ -250,9 +317,16 @@ XFAIL: dict[str, str] = {}
     pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=XFAIL[n])) if n in XFAIL else n
     for n in CASES
 ])
-def test_plugin_option_matches_c(name, oracle, creds, test_accounts, tmp_path):
+def test_plugin_option_matches_c(name, oracle, creds, test_accounts, pool_groups,
+                                 limited_proxy, tmp_path):
     case = CASES[name]
-    (c_rc, c_out), (py_rc, py_out) = _run_both(oracle, creds, tmp_path, case, case.args)
+    args = case.args
+    if case.pem is not None:
+        pem = limited_proxy if case.pem == "limited" else creds.proxy("alice", case.pem)
+        args = ("--pem", str(pem), *args)
+    (c_rc, c_out), (py_rc, py_out) = _run_both(oracle, creds, tmp_path, case, args)
     assert c_out.get("decision") == case.decision, c_out
     assert (py_rc, compared(py_out)) == (c_rc, compared(c_out))
     assert _leases(tmp_path / "py") == _leases(tmp_path / "c")
+    if case.lease is not None:
+        assert any(case.lease in d[1:] for d in _leases_names(tmp_path / "c")), case.lease
