@@ -85,6 +85,9 @@ CASES: dict[str, Case] = {
     "pool_maxmap2_counter3": Case(
         f'{POOL} "-max_mappings_per_credential 2"\n{GOOD}',
         "pool -> good", ("--dn", ALICE, "--mapcounter", "3"), "deny"),
+    "pool_maxmap2_no_counter": Case(
+        f'{POOL} "-max_mappings_per_credential 2"\n{GOOD}',
+        "pool -> good", ("--dn", ALICE), "permit", lease=ALICE_LEASE),
     "pool_strict_prefix_default": Case(
         f"{POOL}\n{GOOD}", "pool -> good", ("--dn", ALICE), "deny",
         files={"grid-mapfile": f'"{ALICE}" .cd\n'},
@@ -178,6 +181,11 @@ CASES.update({
     "vla_primary_as_secondary": Case(
         _vla(' "--add-primary-gid-as-secondary-gid-from-mapped-account"'), VLA_POLICY,
         VLA_ARGS, "permit", files=VLA_GMF),
+    "vla_voms_gid_primary_as_secondary": Case(
+        _vla(' "--use-voms-gid" "--add-primary-gid-as-secondary-gid-from-mapped-account"'),
+        VLA_POLICY, VLA_ARGS, "permit", files=VLA_GMF),
+    "vla_voms_gid_without_localgroup": Case(
+        _vla(' "--use-voms-gid"'), "vla -> good", VLA_ARGS, "deny", files=VLA_GMF),
     "vla_no_secondary_from_account": Case(
         _vla(' "--do-not-add-secondary-gids-from-mapped-account"'), VLA_POLICY, VLA_ARGS,
         "permit", files=VLA_GMF),
