@@ -26,6 +26,19 @@ _LB, _RB, _COLON, _DOT, _EQ, _DASH = b"[]:.=-"
 _CHAR_CLASS_MAX_LENGTH = 256
 
 
+def _collating_symbol(pat: bytes, p: int) -> tuple[int, int] | None:
+    """``pat[p]`` is the ``.`` of ``[.x.]``: (index after ``.]``, byte x), or None when the
+    symbol is unterminated or not exactly one byte (glibc then fails the match)."""
+    start = p
+    while True:
+        p += 1
+        c = _at(pat, p)
+        if c == _DOT and _at(pat, p + 1) == _RB:
+            return (p + 2, pat[start + 1]) if p - start == 2 else None
+        if c == 0:
+            return None
+
+
 def _class_bytes(test: str) -> frozenset[int]:
     return frozenset(c for c in range(128) if getattr(chr(c), test)())
 
@@ -150,20 +163,11 @@ def _bracket(pat: bytes, start: int, fn: int) -> tuple[int, int]:
             return _LITERAL, start
         cold = c
         if normal and c == _LB and _at(pat, p) == _DOT:
-            startp, c1 = p, 0
-            while True:
-                p += 1
-                c = _at(pat, p)
-                if c == _DOT and _at(pat, p + 1) == _RB:
-                    p += 2
-                    break
-                if c == 0:
-                    return _FAIL, 0
-                c1 += 1
-            is_range = _at(pat, p) == _DASH and _at(pat, p + 1) != 0
-            if c1 != 1:
+            symbol = _collating_symbol(pat, p)
+            if symbol is None:
                 return _FAIL, 0
-            cold = pat[startp + 1]
+            p, cold = symbol
+            is_range = _at(pat, p) == _DASH and _at(pat, p + 1) != 0
             if not is_range and fn == cold:
                 return _skip_rest(pat, start, p, negate)
             c = _at(pat, p)
@@ -194,19 +198,10 @@ def _bracket(pat: bytes, start: int, fn: int) -> tuple[int, int]:
             if cend == 0:
                 return _FAIL, 0
             if cend == _LB and _at(pat, p) == _DOT:
-                startp, c1 = p, 0
-                while True:
-                    p += 1
-                    c = _at(pat, p)
-                    if c == _DOT and _at(pat, p + 1) == _RB:
-                        p += 2
-                        break
-                    if c == 0:
-                        return _FAIL, 0
-                    c1 += 1
-                if c1 != 1:
+                symbol = _collating_symbol(pat, p)
+                if symbol is None:
                     return _FAIL, 0
-                cend = pat[startp + 1]
+                p, cend = symbol
             if cold <= fn <= cend:
                 return _skip_rest(pat, start, p, negate)
             c = _at(pat, p)
