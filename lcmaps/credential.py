@@ -18,7 +18,6 @@ Every check takes ``now=`` so tests never depend on the wall clock.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -191,7 +190,6 @@ def verify_credential(
     now: datetime | None = None,
     policy: ProxyPolicy | None = None,
     verify_voms: bool = True,
-    vo_allow: Sequence[str] | None = None,
     ignore_bad_acs: bool = False,
 ) -> Credential:
     """Verify the chain (and the VOMS ACs) and return the credential marked verified.
@@ -217,8 +215,6 @@ def verify_credential(
         try:
             acs = voms.verified_attributes(cred.chain, cred.identity_index, trust.vomsdir,
                                            trust.certdir, now=now)
-            if vo_allow is not None:
-                acs = tuple(ac for ac in acs if ac.vo in vo_allow)
             policy.check_voms_lifetime(acs, now=now)
         except ACInvalid as exc:
             if not ignore_bad_acs:

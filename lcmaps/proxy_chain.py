@@ -340,11 +340,10 @@ def verify_chain(
     """Verify a leaf-first chain whose end-entity is ``chain[ee_index]``; raise on failure."""
     if not os.path.isdir(certdir):
         raise UntrustedIssuer(f"CA directory {certdir} does not exist")
-    limited = any(
-        info.limited for info in (proxy_info(chain[i], chain[i + 1]) for i in range(ee_index))
-        if info is not None
-    )
-    if not policy.only_lifetime_checks:
+    if policy.only_lifetime_checks:
+        found = (proxy_info(chain[i], chain[i + 1]) for i in range(ee_index))
+        infos = [info for info in found if info is not None]
+    else:
         _check_times(chain[: ee_index + 1], now)
         ee = chain[ee_index]
         path = _openssl_verify(ee, chain[ee_index + 1 :], certdir, now, allow_proxies=False)
@@ -352,4 +351,4 @@ def verify_chain(
         infos = _check_proxy_levels(chain, ee_index)
         if infos and not any(i.legacy for i in infos):
             _openssl_verify(chain[0], chain[1:], certdir, now, allow_proxies=True)
-    _check_policy(chain, ee_index, limited, policy)
+    _check_policy(chain, ee_index, any(i.limited for i in infos), policy)

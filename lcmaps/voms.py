@@ -15,7 +15,6 @@ extension's bytes; verification (signature, holder, time) runs every call.
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -351,14 +350,3 @@ def verified_attributes(
             )
     return tuple(p.attrs for p in parsed_acs)
 
-
-def extension_digest(chain: Sequence[x509.Certificate]) -> str:
-    """A short digest of the VOMS extension (for logs and cache keys)."""
-    for cert in chain:
-        try:
-            ext = cert.extensions.get_extension_for_oid(OID_VOMS_ACSEQ)
-        except x509.ExtensionNotFound:
-            continue
-        if isinstance(ext.value, x509.UnrecognizedExtension):
-            return hashlib.sha256(ext.value.value).hexdigest()[:16]
-    return ""

@@ -290,3 +290,18 @@ def test_voms_not_read_without_vomsdir(pki: TestPKI, users: dict[str, User]) -> 
 def test_credential_missing_ca_directory(pki: TestPKI, users: dict[str, User]) -> None:
     with pytest.raises(err.UntrustedIssuer, match="does not exist"):
         verify(pki.proxy(users["alice"]), TrustStore("/nonexistent/certificates"))
+
+
+def test_credential_only_lifetime_checks_skips_chain_but_keeps_limits(
+        pki: TestPKI, users: dict[str, User], trust: TrustStore) -> None:
+    """verify_proxy --only-enforce-lifetime-checks: no chain verification, limits still hold."""
+    lifetime_only = ProxyPolicy(only_lifetime_checks=True)
+    forged = pki.proxy(users["alice"], wrong_key=True)
+    assert verify(forged, trust, policy=lifetime_only).verified
+    expect(err.UntrustedIssuer, forged, trust)  # the normal mode still refuses it
+    long_proxy = pki.proxy(users["alice"], wrong_key=True, lifetime=timedelta(hours=12))
+    expect(err.LifetimeExceeded, long_proxy, trust, policy=ProxyPolicy(
+        only_lifetime_checks=True, max_level_ttl={"L": timedelta(hours=1)}))
+    limited = pki.proxy(users["alice"], limited=True)
+    expect(err.LimitedProxyRefused, limited, trust,
+           policy=ProxyPolicy(only_lifetime_checks=True, allow_limited=False))
