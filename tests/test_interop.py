@@ -87,7 +87,8 @@ def test_interop_voms_proxy_fake(pki: TestPKI, users: dict[str, User], tmp_path:
 
 
 def test_interop_voms_proxy_info_reads_our_proxy(pki: TestPKI, users: dict[str, User]) -> None:
-    """Our VOMS ACs pass the C VOMS library's own verification."""
+    """voms-proxy-info reads our ACs: identity and FQANs in order. (It does not report a bad
+    signature, so the proof that C verifies our ACs is the C LCMAPS test below.)"""
     _need("voms-proxy-info")
     path = pki.proxy(users["bob"], fqans=[DTEAM, PROD])
     proc = subprocess.run(["voms-proxy-info", "--all", "--file", path], capture_output=True,
