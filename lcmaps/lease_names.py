@@ -8,6 +8,7 @@ for the compatibility decision on non-ASCII bytes.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 __all__ = ["encode_lease", "in_pool", "is_candidate_entry", "lease_name", "lease_string"]
 
@@ -15,8 +16,12 @@ def _as_bytes(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
 
 
+@lru_cache(maxsize=16384)
 def encode_lease(lease: str | bytes, *, c_signed_char: bool = True) -> str:
     """C ``urlencode`` of a lease string (compatibility decision (b)).
+
+    A pure function on every lease lookup, so it is memoised: the byte loop
+    cost more than the file system calls of a held lease.
 
     ASCII alnum -> lower case; ``\\001`` -> ``:`` followed by the rest copied
     raw; any other byte -> ``%xx`` (lower-case hex).  Bytes >= 0x80 go through

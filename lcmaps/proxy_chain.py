@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from OpenSSL import crypto
 
+from lcmaps.chain_cache import ChainCache, Verdict, chain_key, watch_files
 from lcmaps.credential_errors import (
     Expired,
     LifetimeExceeded,
@@ -273,8 +274,14 @@ def _crls_for(issuer: x509.Certificate, certdir: str) -> list[x509.CertificateRe
     return crls
 
 
-def _check_revocation(path: Sequence[x509.Certificate], certdir: str, now: datetime) -> None:
-    """``path`` is the verified EE-to-root chain; every non-root is checked."""
+def _check_revocation(
+    path: Sequence[x509.Certificate], certdir: str, now: datetime
+) -> datetime | None:
+    """``path`` is the verified EE-to-root chain; every non-root is checked.
+
+    Returns the earliest ``nextUpdate`` of the CRLs consulted (None: none has one).
+    """
+    earliest: datetime | None = None
     for cert, issuer in itertools.pairwise(path):
         for crl in _crls_for(issuer, certdir):
             if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
@@ -286,6 +293,9 @@ def _check_revocation(path: Sequence[x509.Certificate], certdir: str, now: datet
                 )
             if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
                 raise Revoked(f"certificate {_describe(cert)} is revoked by its CA")
+            if crl.next_update_utc is not None:
+                earliest = min(earliest or crl.next_update_utc, crl.next_update_utc)
+    return earliest
 
 
 def _check_proxy_levels(chain: Sequence[x509.Certificate], ee_index: int) -> list[_ProxyInfo]:
@@ -329,6 +339,9 @@ def _check_policy(
             )
 
 
+CACHE = ChainCache()
+
+
 def verify_chain(
     chain: Sequence[x509.Certificate],
     ee_index: int,
@@ -337,18 +350,42 @@ def verify_chain(
     now: datetime,
     policy: ProxyPolicy,
 ) -> None:
-    """Verify a leaf-first chain whose end-entity is ``chain[ee_index]``; raise on failure."""
+    """Verify a leaf-first chain whose end-entity is ``chain[ee_index]``; raise on failure.
+
+    A chain that verified before is answered from :data:`CACHE` while its
+    certificates, CRLs and CA files are unchanged and ``now`` is inside their
+    validity (see :mod:`lcmaps.chain_cache`); the policy is applied every time.
+    """
     if not os.path.isdir(certdir):
         raise UntrustedIssuer(f"CA directory {certdir} does not exist")
     if policy.only_lifetime_checks:
         found = (proxy_info(chain[i], chain[i + 1]) for i in range(ee_index))
         infos = [info for info in found if info is not None]
-    else:
-        _check_times(chain[: ee_index + 1], now)
-        ee = chain[ee_index]
-        path = _openssl_verify(ee, chain[ee_index + 1 :], certdir, now, allow_proxies=False)
-        _check_revocation(path, certdir, now)
-        infos = _check_proxy_levels(chain, ee_index)
-        if infos and not any(i.legacy for i in infos):
-            _openssl_verify(chain[0], chain[1:], certdir, now, allow_proxies=True)
-    _check_policy(chain, ee_index, any(i.limited for i in infos), policy)
+        _check_policy(chain, ee_index, any(i.limited for i in infos), policy)
+        return
+    key = chain_key(chain, ee_index, certdir)
+    verdict = CACHE.get(key, now)
+    if verdict is None:
+        verdict = _verify_in_full(chain, ee_index, certdir, now)
+        CACHE.put(key, verdict)
+    _check_policy(chain, ee_index, verdict.limited, policy)
+
+
+def _verify_in_full(
+    chain: Sequence[x509.Certificate], ee_index: int, certdir: str, now: datetime
+) -> Verdict:
+    _check_times(chain[: ee_index + 1], now)
+    path = _openssl_verify(chain[ee_index], chain[ee_index + 1 :], certdir, now,
+                           allow_proxies=False)
+    crl_due = _check_revocation(path, certdir, now)
+    infos = _check_proxy_levels(chain, ee_index)
+    if infos and not any(i.legacy for i in infos):
+        _openssl_verify(chain[0], chain[1:], certdir, now, allow_proxies=True)
+    involved = [*chain[: ee_index + 1], *path]
+    not_after = min(c.not_valid_after_utc for c in involved)
+    return Verdict(
+        not_before=max(c.not_valid_before_utc for c in involved),
+        not_after=min(not_after, crl_due) if crl_due is not None else not_after,
+        limited=any(i.limited for i in infos),
+        files=watch_files(certdir, (subject_hash(c) for c in path[1:])),
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import weakref
 from typing import Any
 
 from flask import Flask, Response, request
@@ -32,11 +33,20 @@ XML = "text/xml; charset=utf-8"
 SOAP_TYPES = ("text/xml", "application/soap+xml", "application/xml")
 
 
+# One Peer per connection: a keep-alive connection's certificate chain cannot change.
+_PEERS: weakref.WeakKeyDictionary[Any, Peer] = weakref.WeakKeyDictionary()
+
+
 def _peer() -> Peer:
     cached = request.environ.get(ENVIRON_KEY)
     if isinstance(cached, Peer):
         return cached
-    found = peer_of(request.environ.get("gunicorn.socket"))
+    sock = request.environ.get("gunicorn.socket")
+    found = _PEERS.get(sock) if sock is not None else None
+    if found is None:
+        found = peer_of(sock)
+        if sock is not None:
+            _PEERS[sock] = found
     request.environ[ENVIRON_KEY] = found
     return found
 

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +41,9 @@ class AuditRecord:
     ticket_nonce: str | None = None
     caller_uid: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+_FIELDS = tuple(f for f in fields(AuditRecord) if f.name != "extra")
 
 
 def _clean(value: Any) -> Any:
@@ -72,8 +75,8 @@ class AuditLog:
         data: dict[str, Any] = {
             "time": (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         }
-        body = asdict(record)
-        extra = body.pop("extra")
+        body = {f.name: getattr(record, f.name) for f in _FIELDS}
+        extra = record.extra
         body["latency_ms"] = round(record.latency_ms, 3)
         data.update({k: _clean(v) for k, v in body.items() if v not in (None, "", (), [])})
         data.update({k: _clean(v) for k, v in extra.items() if k not in data})

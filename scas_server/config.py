@@ -25,6 +25,8 @@ DEFAULT_MAX_DEPTH = 64
 DEFAULT_TICKET_LIFETIME = 120
 # tickets are back-dated 30 s for clock skew; the whole window stays within 300 s
 MAX_TICKET_LIFETIME = 270
+# sync closes the connection after each reply; gthread keeps it open (keep-alive)
+WORKER_CLASSES = ("gthread", "sync")
 
 
 class ConfigError(Exception):
@@ -66,6 +68,9 @@ class ServerConfig:
     vomsdir: str | None = None
     socket_mode: int = 0o660
     workers: int = 2
+    worker_class: str = "gthread"
+    threads: int = 4
+    keepalive: int = 5
     timeout: int = 30
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -178,6 +183,10 @@ def _positive(limit: int) -> Callable[[Any], str | None]:
     return lambda v: None if 0 < v <= limit else f"must be between 1 and {limit}"
 
 
+def _non_negative(limit: int) -> Callable[[Any], str | None]:
+    return lambda v: None if 0 <= v <= limit else f"must be between 0 and {limit}"
+
+
 def _listen(value: str) -> str | None:
     if value.startswith("unix:"):
         return None if len(value) > len("unix:") else "empty socket path"
@@ -205,7 +214,8 @@ def _patterns(value: list[Any]) -> str | None:
 
 
 TOP_KEYS = {
-    "listen", "socket_mode", "workers", "timeout", "tls", "trust", "pep_allow",
+    "listen", "socket_mode", "workers", "worker_class", "threads", "keepalive", "timeout",
+    "tls", "trust", "pep_allow",
     "allowed_uids", "lcas", "lcmaps", "policies", "ticket", "gridmapdir", "audit",
     "limits", "trust_pep_attributes", "issuer", "log_level",
 }  # fmt: skip
@@ -265,6 +275,12 @@ def parse_config(path: str, data: Any) -> ServerConfig:
     if mode is None:
         chk.error("socket_mode", "expected an octal mode such as 0660")
     workers = chk.get(data, "workers", "workers", int, 2, check=_positive(64))
+    worker_class = chk.get(
+        data, "worker_class", "worker_class", str, "gthread",
+        check=lambda v: None if v in WORKER_CLASSES else f"one of {', '.join(WORKER_CLASSES)}",
+    )  # fmt: skip
+    threads = chk.get(data, "threads", "threads", int, 4, check=_positive(256))
+    keepalive = chk.get(data, "keepalive", "keepalive", int, 5, check=_non_negative(3600))
     timeout = chk.get(data, "timeout", "timeout", int, 30, check=_positive(3600))
 
     tls = chk.section("tls", {"cert", "key", "ca_dir", "crl_check"}, required=not unix)
@@ -321,6 +337,9 @@ def parse_config(path: str, data: Any) -> ServerConfig:
         listen=listen,
         socket_mode=mode if mode is not None else 0o660,
         workers=workers,
+        worker_class=worker_class,
+        threads=threads,
+        keepalive=keepalive,
         timeout=timeout,
         tls_cert=cert,
         tls_key=keyf,

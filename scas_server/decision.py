@@ -34,7 +34,8 @@ from typing import Any
 
 from client import xacml
 from client.xacml import AuthzRequest, Decision, XacmlError, ids
-from lcmaps.credential import TrustStore, load_pem, verify_credential
+from lcmaps.credential import TrustStore
+from lcmaps.credential_cache import CredentialCache
 from lcmaps.credential_errors import CredentialError
 from scas_server.audit import AuditLog, AuditRecord
 from scas_server.config import ConfigError, ServerConfig
@@ -74,9 +75,12 @@ class Pipeline:
         self.audit = audit or AuditLog(config.audit_file)
         self.loaded_at = loaded_at if loaded_at is not None else time.time()
         self.trust = TrustStore(certdir=config.certdir, vomsdir=config.vomsdir)
-        self._pep_trust = (
-            TrustStore(certdir=config.tls_ca_dir) if config.tls_ca_dir else None
-        )
+        # repeat queries with the same chain skip parsing and verification (see credential_cache)
+        self.credentials = CredentialCache(self.trust)
+        self._pep_credentials = (
+            CredentialCache(TrustStore(certdir=config.tls_ca_dir), verify_voms=False)
+            if config.tls_ca_dir else None
+        )  # fmt: skip
 
     # -- who may ask -------------------------------------------------------------
 
@@ -91,11 +95,10 @@ class Pipeline:
             return "no authenticated caller (client certificate required)"
         if not any(fnmatch.fnmatchcase(peer.subject, p) for p in cfg.pep_allow):
             return f"PEP {peer.subject} is not on the allow-list"
-        if peer.is_proxy and cfg.crl_check and self._pep_trust is not None:
+        if peer.is_proxy and cfg.crl_check and self._pep_credentials is not None:
             # OpenSSL does not check revocation behind a proxy: check the end-entity here
             try:
-                verify_credential(load_pem(chain_pem(peer)), self._pep_trust, now=now,
-                                  verify_voms=False)
+                self._pep_credentials.verify(chain_pem(peer), now=now)
             except CredentialError as exc:
                 return f"PEP credential refused: {exc.reason}"
         return None
@@ -164,8 +167,7 @@ class Pipeline:
             return Decision.deny(f"no policy for {wanted}")
         if request.cert_chain is not None:
             try:
-                cred = verify_credential(load_pem(request.cert_chain, source="cert-chain"),
-                                         self.trust, now=now)
+                cred = self.credentials.verify(request.cert_chain, now=now, source="cert-chain")
             except CredentialError as exc:
                 record.dn = _clean(request.subject_dn)
                 return Decision.deny(f"credential refused: {exc.reason}")

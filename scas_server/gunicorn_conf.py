@@ -21,18 +21,21 @@ from gunicorn.app.base import BaseApplication
 
 from scas_server.config import ConfigError, ServerConfig, load_config
 
-__all__ = ["ScasApplication", "build_all"]
+__all__ = ["ScasApplication", "build_all", "gunicorn_settings"]
 
 log = logging.getLogger("gunicorn.error")
 
 
-def _gunicorn_settings(cfg: ServerConfig) -> dict[str, Any]:
+def gunicorn_settings(cfg: ServerConfig) -> dict[str, Any]:
+    """gunicorn settings for one validated configuration (the stress bare endpoint reuses them)."""
     from scas_server import metrics, tls
 
     settings: dict[str, Any] = {
         "bind": [cfg.listen],
         "workers": cfg.workers,
-        "worker_class": "sync",
+        "worker_class": cfg.worker_class,
+        "threads": cfg.threads,
+        "keepalive": cfg.keepalive,
         "timeout": cfg.timeout,
         "graceful_timeout": min(cfg.timeout, 10),
         "proc_name": "scas-server",
@@ -103,7 +106,7 @@ class ScasApplication(BaseApplication):
                 metrics.RELOADS.labels("applied").inc()
                 log.info("configuration reloaded from %s", cfg.path)
         assert self.scas is not None
-        for key, value in _gunicorn_settings(self.scas).items():
+        for key, value in gunicorn_settings(self.scas).items():
             if key in self.cfg.settings:  # skip settings an older gunicorn lacks
                 self.cfg.set(key, value)
 

@@ -42,11 +42,19 @@ def parse_yes_no_exact(value: str, opt: str, plugin: str) -> bool:
     raise PluginInitError(f'{plugin}: use "yes" or "no" for option {opt}')
 
 
+_stores: dict[str, GridmapDir] = {}
+
+
 def gridmapdir_for(path: str | None, plugin: str) -> GridmapDir | None:
+    """The process's one GridmapDir for ``path``: its inode cache is what makes a held
+    lease cheap (one lstat) instead of a directory scan, so it must outlive the request."""
     path = path or os.environ.get("GRIDMAPDIR")
     if not path:
         return None
-    return GridmapDir(path, check=False)
+    store = _stores.get(path)
+    if store is None:
+        store = _stores.setdefault(path, GridmapDir(path, check=False))
+    return store
 
 
 class PoolAccount(Plugin):

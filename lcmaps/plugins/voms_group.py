@@ -14,11 +14,10 @@ import os
 from collections.abc import Sequence
 
 from lcmaps import accounts, mapfile
-from lcmaps.gridmapdir import GridmapDir
 from lcmaps.lease_store import GridmapDirError, PoolExhausted
 from lcmaps.plugin_api import Plugin, PluginInitError, RunContext, parse_int
 from lcmaps.plugins._common import OVERRIDE_OPTS, prefixed_file, value_of
-from lcmaps.plugins.poolaccount import parse_yes_no_exact
+from lcmaps.plugins.poolaccount import gridmapdir_for, parse_yes_no_exact
 
 GROUPMAPFILE_OPTS = ("-groupmapfile", "-GROUPMAPFILE", "-groupmap", "-GROUPMAP")
 GROUPMAPDIR_OPTS = ("-groupmapdir", "-GROUPMAPDIR")
@@ -122,7 +121,8 @@ class VomsPoolGroup(_VomsGroup):
         path = self.groupmapdir or os.environ.get("GROUPMAPDIR")
         if not path:
             raise GridmapDirError("no groupmapdir (use -groupmapdir or $GROUPMAPDIR)")
-        gmd = GridmapDir(path, check=False)
+        gmd = gridmapdir_for(path, self.label)
+        assert gmd is not None
         try:
             if ctx.verifying:
                 found = gmd.lookup(fqan)

@@ -1,0 +1,119 @@
+"""Remembering verified chains, so a repeat query costs a few ``stat`` calls, not OpenSSL.
+
+A grid user sends the same proxy chain for hours; verifying it in full
+(OpenSSL path building twice, CRL signatures, every proxy signature) costs
+milliseconds. A chain that verified once is remembered by the SHA-256 of its
+certificates and the CA directory, together with:
+
+* the time window in which the verdict holds: the latest ``notBefore`` and
+  the earliest ``notAfter`` of every certificate involved (CAs included) and
+  the earliest ``nextUpdate`` of the CRLs consulted. A ``now`` outside it is
+  a miss, so expiry is exact;
+* the state (inode, size, mtime) of the CA directory and of every file in it
+  named after a hash of an issuer on the path (``<hash>.0``, ``<hash>.r0``,
+  ``<hash>.signing_policy`` ...). They are re-checked on every hit, so a new
+  or rewritten CRL, or a removed CA, takes effect on the next query.
+
+Failures are never remembered: a bad chain is verified (and refused) each
+time. The site's :class:`~lcmaps.proxy_chain.ProxyPolicy` is applied on every
+call, so one cache serves callers with different policies.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+__all__ = ["ChainCache", "FileState", "Verdict", "chain_key", "file_state", "watch_files"]
+
+FileState = tuple[str, int, int, int]  # path, inode, size, mtime_ns (-1s: absent)
+
+
+def chain_key(chain: Sequence[x509.Certificate], ee_index: int, certdir: str) -> bytes:
+    """What identifies one verification: the exact certificates, where the EE is, the CA dir."""
+    h = hashlib.sha256(certdir.encode() + b"\0" + str(ee_index).encode())
+    for cert in chain:
+        h.update(cert.public_bytes(serialization.Encoding.DER))
+    return h.digest()
+
+
+def file_state(path: str) -> FileState:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path, -1, -1, -1)
+    return (path, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A chain that verified, and what must stay true for that to still hold."""
+
+    not_before: datetime
+    not_after: datetime
+    limited: bool
+    files: tuple[FileState, ...]
+
+    def holds(self, now: datetime) -> bool:
+        if not self.not_before <= now <= self.not_after:
+            return False
+        return all(file_state(f[0]) == f for f in self.files)
+
+
+def watch_files(certdir: str, issuer_hashes: Iterable[str]) -> tuple[FileState, ...]:
+    """The CA directory and every file in it belonging to these issuer hashes."""
+    paths = [certdir]
+    for name in sorted(set(issuer_hashes)):
+        paths.extend(sorted(glob.glob(os.path.join(certdir, glob.escape(name) + ".*"))))
+    return tuple(file_state(p) for p in paths)
+
+
+class ChainCache:
+    """A bounded, thread-safe map from :func:`chain_key` to :class:`Verdict`."""
+
+    def __init__(self, max_entries: int = 8192) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[bytes, Verdict] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: bytes, now: datetime) -> Verdict | None:
+        with self._lock:
+            verdict = self._entries.get(key)
+        if verdict is not None and verdict.holds(now):
+            self.hits += 1
+            return verdict
+        if verdict is not None:
+            with self._lock:
+                self._entries.pop(key, None)
+        self.misses += 1
+        return None
+
+    def peek(self, key: bytes) -> Verdict | None:
+        """The entry as stored, without checking that it still holds."""
+        with self._lock:
+            return self._entries.get(key)
+
+    def put(self, key: bytes, verdict: Verdict) -> None:
+        with self._lock:
+            self._entries[key] = verdict
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
