@@ -1,0 +1,1 @@
+"""Load tests and benchmarks (run them with stress/run; see the README, Performance)."""
