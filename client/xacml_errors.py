@@ -14,8 +14,9 @@ from client import xacml_ids as ids
 
 def one_line(text: str, limit: int = 200) -> str:
     """Collapse control characters and bound the length, for log lines and status messages."""
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
-    cleaned = " ".join(cleaned.split())
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else " " for ch in text)
+    cleaned = " ".join(text.split())
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
 
 

@@ -255,8 +255,13 @@ def _compile(pattern: bytes) -> re.Pattern[bytes]:
     return re.compile(suffix(0), re.DOTALL)
 
 
+_META = re.compile(r"[*?\[]")
+
+
 def glob_match(pattern: str | bytes, value: str | bytes) -> bool:
     """``fnmatch(pattern, value, FNM_NOESCAPE) == 0`` on the UTF-8 bytes."""
+    if isinstance(pattern, str) and isinstance(value, str) and not _META.search(pattern):
+        return pattern == value  # most mapfile keys are plain DNs: no regex needed
     pat = pattern if isinstance(pattern, bytes) else pattern.encode("utf-8", "surrogateescape")
     val = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
     return _compile(pat).fullmatch(val) is not None

@@ -38,12 +38,28 @@ __all__ = ["ChainCache", "FileState", "Verdict", "chain_key", "file_state", "wat
 FileState = tuple[str, int, int, int]  # path, inode, size, mtime_ns (-1s: absent)
 
 
+_recent_keys: OrderedDict[int, tuple[Sequence[x509.Certificate], str, int, bytes]] = OrderedDict()
+
+
 def chain_key(chain: Sequence[x509.Certificate], ee_index: int, certdir: str) -> bytes:
-    """What identifies one verification: the exact certificates, where the EE is, the CA dir."""
+    """What identifies one verification: the exact certificates, where the EE is, the CA dir.
+
+    The same chain object comes back on every request once the credential is cached, so
+    the last keys are remembered by object identity (the object is held, so its id cannot
+    be reused) instead of re-encoding every certificate each time.
+    """
+    recent = _recent_keys.get(id(chain))
+    if recent is not None and recent[0] is chain and recent[1:3] == (certdir, ee_index):
+        return recent[3]
     h = hashlib.sha256(certdir.encode() + b"\0" + str(ee_index).encode())
     for cert in chain:
         h.update(cert.public_bytes(serialization.Encoding.DER))
-    return h.digest()
+    key = h.digest()
+    if isinstance(chain, tuple):
+        _recent_keys[id(chain)] = (chain, certdir, ee_index, key)
+        while len(_recent_keys) > 4096:
+            _recent_keys.popitem(last=False)
+    return key
 
 
 def file_state(path: str) -> FileState:

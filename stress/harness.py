@@ -101,10 +101,12 @@ def reset_leases(manifest: dict[str, Any]) -> int:
 
 
 def run_locust(manifest_path: str, port: int, mode: str, args: argparse.Namespace,
-               prefix: str, *, bare: bool, max_requests: int | None = None) -> None:
+               prefix: str, *, bare: bool, max_requests: int | None = None,
+               duration: int | None = None, warmup: bool = False) -> None:
     env = dict(os.environ, SCAS_STRESS_MANIFEST=manifest_path,
                SCAS_STRESS_OBSERVED=prefix + "_observed.json")
     env["SCAS_STRESS_BARE"] = "1" if bare else "0"
+    env["SCAS_STRESS_ONLY_REPEAT"] = "1" if warmup else "0"
     if max_requests:
         env["SCAS_STRESS_MAX_REQUESTS"] = str(max_requests)
     cmd = [os.path.join(BIN, "locust"), "-f", os.path.join(HERE, "locustfile.py"),
@@ -113,7 +115,8 @@ def run_locust(manifest_path: str, port: int, mode: str, args: argparse.Namespac
            "--loglevel", "WARNING", "--exit-code-on-error", "0",
            "HandshakePep" if mode == "handshake" else "KeepAlivePep"]
     if not max_requests:
-        cmd[cmd.index("--headless"):cmd.index("--headless")] = ["-t", f"{args.duration}s"]
+        cmd[cmd.index("--headless"):cmd.index("--headless")] = [
+            "-t", f"{duration or args.duration}s"]
     with open(prefix + "_locust.log", "wb") as out:
         subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, check=True,
                        cwd=HERE)
@@ -139,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, default=20, help="concurrent PEPs (default 20)")
     p.add_argument("--duration", type=int, default=30, help="seconds per run (default 30)")
     p.add_argument("--mode", choices=("keepalive", "handshake", "both"), default="both")
+    p.add_argument("--warmup", type=int, default=10,
+                   help="seconds of load from the pre-mapped (repeat) users before measuring, "
+                        "so their credentials are cached as in a running service; the "
+                        "first-time users still arrive cold (default 10, 0 = none)")
     p.add_argument("--soak", type=int, metavar="N",
                    help="soak: N keep-alive requests against scas-server only")
     p.add_argument("--no-bare", action="store_true", help="skip the bare endpoint")
@@ -206,6 +213,15 @@ def _run(args: argparse.Namespace) -> int:
         if bare is not None:
             _wait_listening(bare_port, bare, os.path.join(results, "bare.log"))
         sampler.start()
+        if args.warmup:
+            prefix = os.path.join(results, "warmup_scas")
+            print(f"warming up: {args.warmup} s of repeat users against scas-server", flush=True)
+            run_locust(manifest_path, scas_port, "keepalive", args, prefix, bare=False,
+                       duration=args.warmup, warmup=True)
+            observed.append(prefix + "_observed.json")
+            warm = report.read_locust(prefix, "scas warm-up")
+            if warm.failures:
+                figures.append(warm)
         modes = ["keepalive"] if args.soak else (
             ["keepalive", "handshake"] if args.mode == "both" else [args.mode])
         for mode in modes:
