@@ -25,13 +25,15 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import uuid
 from typing import Any
 
 import gevent.ssl
 from locust import FastHttpUser, events, task
 
-from client.xacml import XacmlError, parse_response
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from stress.replies import check_reply
 
 MANIFEST: dict[str, Any] = {}
 REQUESTS: dict[str, list[dict[str, Any]]] = {}
@@ -98,28 +100,6 @@ def _context_factory(kind: str) -> Any:
     return factory
 
 
-def check_reply(item: dict[str, Any], request_id: str, body: bytes) -> str | None:
-    """Why this reply is wrong for ``item``, or None when it is the decision expected."""
-    try:
-        decision = parse_response(body, expect_in_response_to=request_id)
-    except XacmlError as exc:
-        return f"not a well-formed decision: {exc}"
-    if BARE:  # the yardstick answers Permit to everyone: only the form is checked
-        return None
-    if decision.decision != item["expect"]:
-        return f"{decision.decision} for a user expecting {item['expect']}: " \
-               f"{decision.status_message or ''}"
-    if decision.decision != "Permit":
-        return None
-    name, uid = decision.username or "", decision.uid
-    if not name.startswith(item["pool"]) or uid is None:
-        return f"account {name!r} is not from pool {item['pool']}"
-    first = OBSERVED.setdefault(item["dn"], (name, uid))
-    if first != (name, uid):
-        return f"user mapped to {name}/{uid}, earlier in this run to {first[0]}/{first[1]}"
-    return None
-
-
 class _Pep(FastHttpUser):
     abstract = True
     close_each: bool = False
@@ -145,7 +125,7 @@ class _Pep(FastHttpUser):
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}")
                 return
-            problem = check_reply(item, request_id, resp.content or b"")
+            problem = check_reply(item, request_id, resp.content or b"", OBSERVED, bare=BARE)
             if problem:
                 resp.failure(problem)
 
