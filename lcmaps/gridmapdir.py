@@ -132,7 +132,7 @@ class GridmapDir(LeaseStore):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, race_retries: int = 3, check: bool = True
+        self, path: str | os.PathLike[str], *, race_retries: int = 10, check: bool = True
     ) -> None:
         self.path = os.fspath(path)
         self.race_retries = race_retries

@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="soak: N keep-alive requests against scas-server only")
     p.add_argument("--no-bare", action="store_true", help="skip the bare endpoint")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--worker-class", choices=("gthread", "sync"), default="gthread")
     p.add_argument("--keep-accounts", action="store_true",
                    help="leave the stp* pool accounts for the next run (faster)")
@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.remove_accounts:
         print(f"removed {population.remove_accounts()} stress accounts")
         return 0
+    # a TERM (timeout, Ctrl-C in a pipeline) must still stop the servers and remove accounts
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return _run(args)
     finally:

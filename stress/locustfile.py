@@ -29,6 +29,7 @@ import sys
 import uuid
 from typing import Any
 
+import gevent
 import gevent.ssl
 from locust import FastHttpUser, events, task
 
@@ -67,10 +68,9 @@ def _stop_after(**kw: Any) -> None:
     """Soak mode: stop after a fixed number of requests instead of a duration."""
     if MAX_REQUESTS:
         _count[0] += 1
-        if _count[0] == MAX_REQUESTS:
-            runner = kw.get("context", {}).get("runner") or _RUNNER[0]
-            if runner is not None:
-                runner.quit()
+        if _count[0] == MAX_REQUESTS and _RUNNER[0] is not None:
+            # not from this greenlet: quit() kills the users, this one among them
+            gevent.spawn(_RUNNER[0].quit)
 
 
 _RUNNER: list[Any] = [None]
