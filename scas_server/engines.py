@@ -9,6 +9,7 @@ library APIs can evolve behind them. Load errors become
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,6 +54,11 @@ class Engines:
         self.lcas = lcas
         self.lcmaps = lcmaps
         self.policy_names = tuple(policy_names)
+        # LCAS and LCMAPS plugins are written, like C's, for one call at a time: with
+        # several gthread threads a worker runs them one after another (TLS, parsing and
+        # credential checks still overlap). Seen without it: leases under another
+        # request's name, and a full pool.
+        self._serial = threading.Lock()
 
     @property
     def loaded(self) -> bool:
@@ -79,7 +85,9 @@ class Engines:
         from lcas.chain import authorize
 
         try:
-            verdict = authorize(self.lcas, dn, tuple(fqans), credential=credential, now=now)
+            with self._serial:
+                verdict = authorize(self.lcas, dn, tuple(fqans), credential=credential,
+                                    now=now)
         except OSError as exc:
             raise PolicyError(f"LCAS: {exc.strerror or exc}") from None
         return None if verdict.allowed else (verdict.reason or "refused")
@@ -91,9 +99,10 @@ class Engines:
         from lcmaps.evaluation import map_credential
 
         try:
-            result = map_credential(
-                self.lcmaps, dn, fqans, credential=credential, policies=policies, now=now
-            )
+            with self._serial:
+                result = map_credential(
+                    self.lcmaps, dn, fqans, credential=credential, policies=policies, now=now
+                )
         except OSError as exc:
             raise PolicyError(f"LCMAPS: {exc.strerror or exc}") from None
         if result.decision == "error":
