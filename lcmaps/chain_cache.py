@@ -29,11 +29,15 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-__all__ = ["ChainCache", "FileState", "Verdict", "chain_key", "file_state", "watch_files"]
+__all__ = [
+    "FileState", "Remembered", "Verdict", "VerdictCache", "chain_key", "file_state",
+    "watch_files",
+]  # fmt: skip
 
 FileState = tuple[str, int, int, int]  # path, inode, size, mtime_ns (-1s: absent)
 
@@ -71,18 +75,24 @@ def file_state(path: str) -> FileState:
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """A chain that verified, and what must stay true for that to still hold."""
+class Remembered:
+    """A successful verification and what must stay true for it to still hold."""
 
     not_before: datetime
     not_after: datetime
-    limited: bool
     files: tuple[FileState, ...]
 
     def holds(self, now: datetime) -> bool:
         if not self.not_before <= now <= self.not_after:
             return False
         return all(file_state(f[0]) == f for f in self.files)
+
+
+@dataclass(frozen=True)
+class Verdict(Remembered):
+    """A chain that verified; ``limited`` lets the policy be applied on every hit."""
+
+    limited: bool
 
 
 def watch_files(certdir: str, issuer_hashes: Iterable[str]) -> tuple[FileState, ...]:
@@ -93,36 +103,42 @@ def watch_files(certdir: str, issuer_hashes: Iterable[str]) -> tuple[FileState, 
     return tuple(file_state(p) for p in paths)
 
 
-class ChainCache:
-    """A bounded, thread-safe map from :func:`chain_key` to :class:`Verdict`."""
+R = TypeVar("R", bound=Remembered)
+
+
+class VerdictCache(Generic[R]):
+    """A bounded, thread-safe map from a SHA-256 key to a :class:`Remembered`, LRU evicted.
+
+    :meth:`get` answers only while the entry still holds; a stale entry is dropped.
+    """
 
     def __init__(self, max_entries: int = 8192) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[bytes, Verdict] = OrderedDict()
+        self._entries: OrderedDict[bytes, R] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: bytes, now: datetime) -> Verdict | None:
+    def get(self, key: bytes, now: datetime) -> R | None:
         with self._lock:
-            verdict = self._entries.get(key)
-        if verdict is not None and verdict.holds(now):
+            entry = self._entries.get(key)
+        if entry is not None and entry.holds(now):
             self.hits += 1
-            return verdict
-        if verdict is not None:
+            return entry
+        if entry is not None:
             with self._lock:
                 self._entries.pop(key, None)
         self.misses += 1
         return None
 
-    def peek(self, key: bytes) -> Verdict | None:
+    def peek(self, key: bytes) -> R | None:
         """The entry as stored, without checking that it still holds."""
         with self._lock:
             return self._entries.get(key)
 
-    def put(self, key: bytes, verdict: Verdict) -> None:
+    def put(self, key: bytes, entry: R) -> None:
         with self._lock:
-            self._entries[key] = verdict
+            self._entries[key] = entry
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)

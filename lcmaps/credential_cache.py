@@ -23,13 +23,11 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from lcmaps import proxy_chain, voms
-from lcmaps.chain_cache import FileState, chain_key, file_state
+from lcmaps.chain_cache import FileState, Remembered, VerdictCache, chain_key, file_state
 from lcmaps.credential import Credential, TrustStore, load_pem, verify_credential
 from lcmaps.proxy_chain import ProxyPolicy
 
@@ -37,16 +35,8 @@ __all__ = ["CredentialCache"]
 
 
 @dataclass(frozen=True)
-class _Entry:
+class _Entry(Remembered):
     credential: Credential
-    not_before: datetime
-    not_after: datetime
-    files: tuple[FileState, ...]
-
-    def holds(self, now: datetime) -> bool:
-        if not self.not_before <= now <= self.not_after:
-            return False
-        return all(file_state(f[0]) == f for f in self.files)
 
 
 class CredentialCache:
@@ -59,11 +49,7 @@ class CredentialCache:
         self.trust = trust
         self.policy = policy or ProxyPolicy()
         self.verify_voms = verify_voms
-        self.max_entries = max_entries
-        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        self._entries: VerdictCache[_Entry] = VerdictCache(max_entries)
 
     def verify(
         self, pem: bytes, *, now: datetime | None = None, source: str = "PEM data"
@@ -71,21 +57,14 @@ class CredentialCache:
         """The verified credential, or the CredentialError a full verification raises."""
         now = now or datetime.now(UTC)
         key = hashlib.sha256(pem).digest()
-        with self._lock:
-            entry = self._entries.get(key)
-        if entry is not None and entry.holds(now):
-            self.hits += 1
+        entry = self._entries.get(key, now)
+        if entry is not None:
             return entry.credential
-        self.misses += 1
         cred = verify_credential(load_pem(pem, source=source), self.trust, now=now,
                                  policy=self.policy, verify_voms=self.verify_voms)
         entry = self._entry(cred)
         if entry is not None:
-            with self._lock:
-                self._entries[key] = entry
-                self._entries.move_to_end(key)
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
+            self._entries.put(key, entry)
         return cred
 
     def _entry(self, cred: Credential) -> _Entry | None:
@@ -117,8 +96,15 @@ class CredentialCache:
                 files.append(file_state(vo_dir))
                 files.extend(file_state(p) for p in sorted(glob.glob(os.path.join(
                     glob.escape(vo_dir), "*"))))
-        return _Entry(cred, lo, hi, tuple(dict.fromkeys(files)))
+        return _Entry(lo, hi, tuple(dict.fromkeys(files)), credential=cred)
+
+    @property
+    def hits(self) -> int:
+        return self._entries.hits
+
+    @property
+    def misses(self) -> int:
+        return self._entries.misses
 
     def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
+        self._entries.clear()

@@ -132,7 +132,7 @@ class GridmapDir(LeaseStore):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, race_retries: int = 10, check: bool = True
+        self, path: str | os.PathLike[str], *, race_retries: int = 3, check: bool = True
     ) -> None:
         self.path = os.fspath(path)
         self.race_retries = race_retries
@@ -300,7 +300,6 @@ class GridmapDir(LeaseStore):
     def _allocate(self, pool: str, name: str, strict: bool) -> Lease:
         """First free entry of the pool in raw readdir order, linked to ``name``."""
         seen: dict[int, str] = {}
-        contended = False
         try:
             with os.scandir(self.path) as it:
                 for entry in it:
@@ -312,8 +311,6 @@ class GridmapDir(LeaseStore):
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
-                    # more than one lease on an entry: racers that will back out
-                    contended = contended or st.st_nlink > 2
                     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
                         continue
                     lease = self._link(ent, st, name)
@@ -324,8 +321,6 @@ class GridmapDir(LeaseStore):
         finally:
             with self._lock:
                 self._inodes.update(seen)
-        if contended:
-            raise _Raced  # an entry may come free when the losing racer unlinks: try again
         raise PoolExhausted(f"no free account in pool .{pool} (gridmapdir {self.path})")
 
     def _link(self, ent: str, st: os.stat_result, name: str) -> Lease | None:

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from OpenSSL import crypto
 
-from lcmaps.chain_cache import ChainCache, Verdict, chain_key, watch_files
+from lcmaps.chain_cache import Verdict, VerdictCache, chain_key, watch_files
 from lcmaps.credential_errors import (
     Expired,
     LifetimeExceeded,
@@ -339,7 +339,7 @@ def _check_policy(
             )
 
 
-CACHE = ChainCache()
+CACHE: VerdictCache[Verdict] = VerdictCache()
 
 
 def verify_chain(

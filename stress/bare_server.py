@@ -29,12 +29,12 @@ _ID = re.compile(rb'\sID="([^"]{1,128})"')
 
 def create_app(sample_request: bytes) -> Flask:
     """A flask app answering every POST with a Permit shaped like the real one."""
+    sample = xacml.parse_request(sample_request)
     template = xacml.build_response(
-        xacml.parse_request(sample_request),
-        Decision.permit(uid=40001, gid=4000, sgids=(4001,), username="stpatl0001"),
+        sample, Decision.permit(uid=40001, gid=4000, sgids=(4001,), username="stpatl0001"),
         issuer="scas.stress",
     )
-    old_id = xacml.parse_request(sample_request).request_id.encode()
+    old_id = sample.request_id.encode()
     app = Flask("bare")
 
     @app.post("/")

@@ -81,8 +81,7 @@ def reset_leases(manifest: dict[str, Any]) -> int:
     from scas_server.peer import Peer
 
     gridmapdir = manifest["gridmapdir"]
-    accounts = {n for names in population.account_names(manifest["pool_sizes"]).values()
-                for n in names}
+    accounts = population.all_accounts(manifest["pool_sizes"])
     for name in os.listdir(gridmapdir):
         if name not in accounts:
             os.unlink(os.path.join(gridmapdir, name))

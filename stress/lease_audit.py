@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from stress.population import account_names
+from stress.population import all_accounts
 
 
 @dataclass
@@ -114,7 +114,7 @@ def read_audit(path: str, offset: int = 0) -> list[dict[str, Any]]:
 def run_audit(manifest: dict[str, Any], audit_offset: int,
               observed_files: list[str], leases_before: int) -> AuditReport:
     report = AuditReport()
-    accounts = {n for names in account_names(manifest["pool_sizes"]).values() for n in names}
+    accounts = all_accounts(manifest["pool_sizes"])
     lease_of = audit_gridmapdir(manifest["gridmapdir"], accounts, report)
     banned = {u["dn"] for u in manifest["population"] if u["pool"] is None}
     lines = read_audit(os.path.join(manifest["work"], "audit.log"), audit_offset)

@@ -61,6 +61,7 @@ _load()
 
 MAX_REQUESTS = int(os.environ.get("SCAS_STRESS_MAX_REQUESTS") or 0)
 _count = [0]
+_RUNNER: list[Any] = [None]
 
 
 @events.request.add_listener
@@ -71,9 +72,6 @@ def _stop_after(**kw: Any) -> None:
         if _count[0] == MAX_REQUESTS and _RUNNER[0] is not None:
             # not from this greenlet: quit() kills the users, this one among them
             gevent.spawn(_RUNNER[0].quit)
-
-
-_RUNNER: list[Any] = [None]
 
 
 @events.init.add_listener

@@ -119,6 +119,10 @@ def account_names(sizes: dict[str, int]) -> dict[str, list[str]]:
     return {pool: [f"{pool}{i:04d}" for i in range(1, n + 1)] for pool, n in sizes.items()}
 
 
+def all_accounts(sizes: dict[str, int]) -> set[str]:
+    return {name for names in account_names(sizes).values() for name in names}
+
+
 def ensure_accounts(sizes: dict[str, int]) -> int:
     """Create the pool groups and accounts that are missing (root only); return how many."""
     for _pattern, _pool, group in MAP_RULES:
@@ -191,21 +195,10 @@ def _gridmapdir(work: str, sizes: dict[str, int]) -> str:
     return path
 
 
-def _chain_without_key(proxy_path: str) -> bytes:
-    """The certificates of a proxy file, in order, without its private key."""
-    with open(proxy_path, "rb") as fh:
-        pem = fh.read()
-    end = b"-----END CERTIFICATE-----\n"
-    out = []
-    for block in pem.split(b"-----BEGIN ")[1:]:
-        if block.startswith(b"CERTIFICATE-----"):
-            out.append(b"-----BEGIN " + block.split(end)[0] + end)
-    return b"".join(out)
-
-
 def build(work: str, users: int, *, listen: str, workers: int, worker_class: str,
           threads: int) -> dict[str, Any]:
     """Write (or reuse) the whole site under ``work``; return the manifest locust reads."""
+    from lcmaps.credential import load_proxy_file
     from lcmaps.testpki import TestPKI
 
     work = os.path.abspath(work)
@@ -228,7 +221,7 @@ def build(work: str, users: int, *, listen: str, workers: int, worker_class: str
         vo = user.fqans[0].split("/")[1]
         proxy = pki.proxy(cert, fqans=user.fqans, vo=vo,
                           out=os.path.join(work, "pki", f"u{i:05d}", "proxy.pem"))
-        chain = _chain_without_key(proxy)
+        chain = load_proxy_file(proxy).pem_chain()  # certificates only, no key
         for kind, resource, action, extra in (
             ("ce", "ce", "queue", {"pep_dn": CE_DN}),
             ("wn", "wn", "execute-now", {"pilot_dn": PILOT_DN}),
