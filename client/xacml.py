@@ -33,7 +33,6 @@ from client.xacml_errors import (
     SoapFaultReceived,
     XacmlError,
     XmlRejected,
-    one_line,
 )
 from client.xacml_request import AuthzRequest, build_request, parse_request
 from client.xacml_response import (
@@ -70,7 +69,6 @@ __all__ = [
     "build_response",
     "error_response",
     "ids",
-    "one_line",
     "parse_request",
     "parse_response",
     "parse_xml",

@@ -10,14 +10,15 @@ from __future__ import annotations
 from typing import ClassVar
 
 from client import xacml_ids as ids
+from safetext import one_line
+
+#: the longest reason a refusal carries, on the wire and in the log
+REASON_LIMIT = 200
 
 
-def one_line(text: str, limit: int = 200) -> str:
-    """Collapse control characters and bound the length, for log lines and status messages."""
-    if not text.isprintable():
-        text = "".join(ch if ch.isprintable() else " " for ch in text)
-    cleaned = " ".join(text.split())
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+def status_text(text: str) -> str:
+    """A reason as it goes on the wire: one printable line, blanks collapsed, bounded."""
+    return one_line(" ".join(text.split()), REASON_LIMIT)
 
 
 class XacmlError(Exception):
@@ -28,7 +29,7 @@ class XacmlError(Exception):
     http_status: ClassVar[int] = 400
 
     def __init__(self, reason: str, *, request_id: str | None = None, soap12: bool = False):
-        self.reason = one_line(reason)
+        self.reason = status_text(reason)
         #: the query ID when it was readable, so an Indeterminate can still say InResponseTo
         self.request_id = request_id
         #: answer in SOAP 1.2 when the envelope was 1.2

@@ -21,7 +21,7 @@ from client.xacml_errors import (
     ResponseMismatch,
     SoapFaultReceived,
     XacmlError,
-    one_line,
+    status_text,
 )
 from client.xacml_request import AuthzRequest, envelope, new_id, serialize, utc_instant
 from client.xacml_safe import Limits, parse_xml
@@ -155,7 +155,8 @@ def build_response(
     status = etree.SubElement(result, _C + "Status")
     etree.SubElement(status, _C + "StatusCode", Value=decision.status_code)
     if decision.status_message:
-        etree.SubElement(status, _C + "StatusMessage").text = one_line(decision.status_message)
+        message = status_text(decision.status_message)
+        etree.SubElement(status, _C + "StatusMessage").text = message
     advertised = request.pep_oblig_supported if request else ()
     wanted = advertised or tuple(o for o in when_none_advertised if o != ids.OBLIG_TICKET)
     chosen = _obligations(decision, wanted)
@@ -177,7 +178,7 @@ def soap_fault(message: str, *, soap12: bool = False, code: str = "Client") -> b
     env, body = envelope(soap12)
     soap_ns = etree.QName(env).namespace
     fault = etree.SubElement(body, f"{{{soap_ns}}}Fault")
-    text = one_line(message)
+    text = status_text(message)
     if soap12:
         value = {"Client": "Sender", "Server": "Receiver"}.get(code, code)
         code_el = etree.SubElement(fault, f"{{{soap_ns}}}Code")
@@ -289,7 +290,7 @@ def parse_response(
     return Decision(
         decision,
         status_code=status_code,
-        status_message=one_line(message) if message and message.strip() else None,
+        status_message=status_text(message) if message and message.strip() else None,
         sgids=tuple(sgids),
         in_response_to=reply_to,
         obligations=tuple(seen),

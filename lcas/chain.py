@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 from lcas.db import DbEntry, LcasConfigError, LcasDbError, load_db
-from lcas.plugin_api import Plugin, PluginInitError, Request, Verdict, clean
+from lcas.plugin_api import Plugin, PluginInitError, Request, Verdict
+from safetext import one_line
+from sitefiles.plugins import load_plugin_class
 
 if TYPE_CHECKING:
-    from lcmaps.credential import Credential
+    from credentials.credential import Credential
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -48,23 +48,11 @@ ENTRY_POINT_GROUP = "scas_stack.lcas_plugins"
 NO_MODULES = "no authorization modules were called (check the lcas db file)"
 
 log = logging.getLogger("lcas")
-_ep_lock = threading.Lock()
-_ep_cache: dict[str, type[Plugin]] = {}
 
 
 def plugin_class(name: str) -> type[Plugin] | None:
     """The class behind entry point ``name``, or None (missing or not importable)."""
-    with _ep_lock:
-        if name not in _ep_cache:
-            ep = next(iter(entry_points(group=ENTRY_POINT_GROUP, name=name)), None)
-            if ep is None:
-                return None
-            try:
-                _ep_cache[name] = ep.load()
-            except (ImportError, AttributeError) as exc:
-                log.error("LCAS plugin entry point %s cannot be loaded: %s", name, exc)
-                return None
-        return _ep_cache[name]
+    return load_plugin_class(ENTRY_POINT_GROUP, name)
 
 
 @dataclass(frozen=True)
@@ -109,11 +97,11 @@ class Chain:
             try:
                 verdict = loaded.plugin.authorize(request)
             except Exception as exc:  # fail closed, whatever the plugin did
-                log.exception("LCAS plugin %s raised", clean(loaded.name))
+                log.exception("LCAS plugin %s raised", one_line(loaded.name))
                 return Verdict.deny(f"internal error: {type(exc).__name__}: {exc}", loaded.name)
             if not verdict.allowed:
-                log.info("LCAS plugin %s refused %s: %s", clean(loaded.name),
-                         clean(request.dn), verdict.reason)
+                log.info("LCAS plugin %s refused %s: %s", one_line(loaded.name),
+                         one_line(request.dn), verdict.reason)
                 return Verdict.deny(verdict.reason or "refused", loaded.name)
         return Verdict.allow(f"all {len(self.plugins)} plugins allowed")
 
@@ -123,7 +111,7 @@ class Chain:
                 try:
                     loaded.plugin.terminate()
                 except Exception:
-                    log.exception("LCAS plugin %s failed to terminate", clean(loaded.name))
+                    log.exception("LCAS plugin %s failed to terminate", one_line(loaded.name))
 
 
 def _init_plugin(entry: DbEntry, db_dir: str) -> LoadedPlugin:
@@ -131,14 +119,14 @@ def _init_plugin(entry: DbEntry, db_dir: str) -> LoadedPlugin:
     if cls is None:
         reason = (f"{entry.pluginname}: plugin not found "
                   f"(no entry point '{entry.entry_point}' in {ENTRY_POINT_GROUP})")
-        return LoadedPlugin(entry, None, clean(reason))
+        return LoadedPlugin(entry, None, one_line(reason))
     try:
         return LoadedPlugin(entry, cls(entry.argv, db_dir=db_dir))
     except PluginInitError as exc:
-        return LoadedPlugin(entry, None, clean(exc.reason))
+        return LoadedPlugin(entry, None, one_line(exc.reason))
     except Exception as exc:
-        log.exception("LCAS plugin %s crashed while initialising", clean(entry.pluginname))
-        return LoadedPlugin(entry, None, clean(f"{entry.pluginname}: {exc}"))
+        log.exception("LCAS plugin %s crashed while initialising", one_line(entry.pluginname))
+        return LoadedPlugin(entry, None, one_line(f"{entry.pluginname}: {exc}"))
 
 
 def build_chain(entries: Sequence[DbEntry], *, db_dir: str = ".", source: str = "lcas.db"
@@ -146,7 +134,7 @@ def build_chain(entries: Sequence[DbEntry], *, db_dir: str = ".", source: str = 
     """Initialise every plugin in order (all of them, so every failure is reported)."""
     chain = Chain(source, [_init_plugin(e, db_dir) for e in entries])
     for name, reason in chain.init_failures:
-        log.error("LCAS plugin %s failed to initialise: %s", clean(name), reason)
+        log.error("LCAS plugin %s failed to initialise: %s", one_line(name), reason)
     return chain
 
 

@@ -23,7 +23,8 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 
-from lcas.plugin_api import Verdict, clean
+from lcas.plugin_api import Verdict
+from safetext import one_line
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,13 +50,13 @@ def _report(verdict: Verdict, dn: str | None, fqans: Sequence[str], as_json: boo
     elif verdict.allowed:
         sys.stdout.write("allow\n")
     else:
-        who = f"{clean(verdict.plugin)}: " if verdict.plugin else ""
-        sys.stdout.write(f"deny: {who}{clean(verdict.reason)}\n")
+        who = f"{one_line(verdict.plugin)}: " if verdict.plugin else ""
+        sys.stdout.write(f"deny: {who}{one_line(verdict.reason)}\n")
     return 0 if verdict.allowed else 1
 
 
 def _error(message: str, as_json: bool) -> int:
-    message = clean(message)
+    message = one_line(message)
     if as_json:
         sys.stdout.write(json.dumps({"decision": "error", "reason": message}) + "\n")
     print(f"lcas-run: {message}", file=sys.stderr)
@@ -85,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         credential = None
         dn, fqans = args.dn, tuple(args.fqan)
         if args.pem:
-            from lcmaps.credential import TrustStore, load_proxy_file, verify_credential
-            from lcmaps.credential_errors import CredentialError
+            from credentials.credential import TrustStore, load_proxy_file, verify_credential
+            from credentials.errors import CredentialError
 
             certdir = args.certdir or os.environ.get(
                 "X509_CERT_DIR", "/etc/grid-security/certificates")

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
-from lcmaps.plugin_api import PluginInitError, iter_args
+from safetext import one_line
+from sitefiles.plugins import PluginInitError
 
 if TYPE_CHECKING:
-    from lcmaps.credential import Credential
+    from credentials.credential import Credential
 
 __all__ = [
     "CachedFile",
@@ -31,17 +32,10 @@ __all__ = [
     "PluginInitError",
     "Request",
     "Verdict",
-    "clean",
-    "iter_args",
     "resolve_path",
 ]
 
 log = logging.getLogger("lcas")
-
-
-def clean(text: str) -> str:
-    """One printable line: control characters become ``?`` (safe to log)."""
-    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 @dataclass(frozen=True)
@@ -69,11 +63,11 @@ class Verdict:
 
     @classmethod
     def allow(cls, reason: str = "") -> Verdict:
-        return cls(True, clean(reason))
+        return cls(True, one_line(reason))
 
     @classmethod
     def deny(cls, reason: str, plugin: str | None = None) -> Verdict:
-        return cls(False, clean(reason), plugin)
+        return cls(False, one_line(reason), plugin)
 
 
 class Plugin:

@@ -13,6 +13,8 @@ import os
 import pwd
 from dataclasses import dataclass
 
+from safetext import one_line
+
 __all__ = [
     "Account",
     "UnknownAccount",
@@ -43,16 +45,12 @@ def _from_pw(pw: pwd.struct_passwd) -> Account:
     return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell)
 
 
-def _printable(text: str) -> str:
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
-
-
 def account(name: str) -> Account:
     """``getpwnam(name)``; raises UnknownAccount."""
     try:
         return _from_pw(pwd.getpwnam(name))
     except (KeyError, ValueError):
-        raise UnknownAccount(f"unknown user {_printable(name)!r}") from None
+        raise UnknownAccount(f"unknown user {one_line(name)!r}") from None
 
 
 def account_by_uid(uid: int) -> Account:
@@ -68,7 +66,7 @@ def gid_of_group(name: str) -> int:
     try:
         return grp.getgrnam(name).gr_gid
     except (KeyError, ValueError):
-        raise UnknownAccount(f"unknown group {_printable(name)!r}") from None
+        raise UnknownAccount(f"unknown group {one_line(name)!r}") from None
 
 
 def group_name(gid: int) -> str:
@@ -90,5 +88,5 @@ def group_gids(name: str, primary_gid: int | None = None) -> tuple[int, ...]:
     try:
         gids = os.getgrouplist(name, primary_gid)
     except (OSError, ValueError) as exc:
-        raise UnknownAccount(f"cannot list groups of {_printable(name)!r}: {exc}") from None
+        raise UnknownAccount(f"cannot list groups of {one_line(name)!r}: {exc}") from None
     return tuple(sorted(set(gids)))

@@ -91,9 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     dn, fqans = args.dn, tuple(args.fqan)
     now = datetime.now(UTC)
     if args.pem:
-        from lcmaps import voms
-        from lcmaps.credential import load_proxy_file
-        from lcmaps.credential_errors import CredentialError
+        from credentials import voms
+        from credentials.credential import load_proxy_file
+        from credentials.errors import CredentialError
 
         certdir = args.certdir or os.environ.get("LCMAPS_X509_CERT_DIR") or os.environ.get(
             "X509_CERT_DIR", "/etc/grid-security/certificates")

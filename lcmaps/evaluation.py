@@ -23,11 +23,9 @@ Semantics copied from ``pdl_main.c`` / ``evaluationmanager.c``:
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 from lcmaps.plugin_api import (
@@ -40,31 +38,20 @@ from lcmaps.plugin_api import (
     RunContext,
 )
 from lcmaps.policy_db import Policy, PolicyDb, PolicyDbError, Rule, module_name
+from safetext import one_line
+from sitefiles.plugins import load_plugin_class
 
 if TYPE_CHECKING:
-    from lcmaps.credential import Credential
+    from credentials.credential import Credential
 
 log = logging.getLogger("lcmaps")
 
 ENTRY_POINT_GROUP = "scas_stack.lcmaps_plugins"
-_ep_lock = threading.Lock()
-_ep_cache: dict[str, type[Plugin]] = {}
 
 
 def plugin_class(name: str) -> type[Plugin] | None:
     """The class behind entry point ``name`` (imported on first use only)."""
-    with _ep_lock:
-        if name not in _ep_cache:
-            eps = entry_points(group=ENTRY_POINT_GROUP, name=name)
-            ep = next(iter(eps), None)
-            if ep is None:
-                return None
-            try:
-                _ep_cache[name] = ep.load()
-            except (ImportError, AttributeError) as exc:
-                log.error("plugin entry point %s cannot be loaded: %s", name, exc)
-                return None
-        return _ep_cache[name]
+    return load_plugin_class(ENTRY_POINT_GROUP, name)
 
 
 @dataclass(frozen=True)
@@ -229,7 +216,7 @@ def map_credential(
         return MappingResult("deny", reason=f"mapped uid {uid} is not the requested uid")
     log.info(
         "LCMAPS CRED FINAL: DN:%r -> uid:%d pgid:%s sgid:%s poolindex:%s",
-        "".join(c if c.isprintable() else "?" for c in (data.dn or dn)),
+        one_line(data.dn or dn),
         uid,
         data.pgids,
         data.sgids,

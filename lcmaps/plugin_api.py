@@ -11,23 +11,23 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
+from safetext import one_line
+from sitefiles.plugins import PluginInitError
+
 if TYPE_CHECKING:
-    from lcmaps.credential import Credential
+    from credentials.credential import Credential
+
+__all__ = [
+    "CredentialData", "Mode", "Plugin", "PluginInitError", "Request", "RequestedAccount",
+    "RunContext",
+]
 
 log = logging.getLogger("lcmaps")
-
-
-class PluginInitError(Exception):
-    """A plugin refused its configuration; the message is one line."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = "".join(c if c.isprintable() else "?" for c in reason)
-        super().__init__(self.reason)
 
 
 class Mode(enum.Enum):
@@ -117,7 +117,7 @@ class RunContext:
     def fail(self, reason: str) -> bool:
         """Record why a plugin failed and return False (the plugin's result)."""
         self.reason = reason
-        log.info("%s", "".join(c if c.isprintable() else "?" for c in reason))
+        log.info("%s", one_line(reason))
         return False
 
 
@@ -139,43 +139,3 @@ class Plugin:
 
     def terminate(self) -> None:
         """Release resources (connections); called by :meth:`Engine.close`."""
-
-
-def iter_args(
-    argv: Sequence[str], plugin: str, *, with_value: Sequence[str], flags: Sequence[str] = ()
-) -> Iterator[tuple[str, str | None]]:
-    """Yield ``(option, value)`` for ``argv[1:]``; an option not listed, or a
-    value option at the end of argv, is an init error naming it."""
-    args = list(argv[1:])
-    i = 0
-    while i < len(args):
-        opt = args[i]
-        if opt in with_value:
-            if i + 1 >= len(args):
-                raise PluginInitError(f"{plugin}: option {opt} needs a value")
-            yield opt, args[i + 1]
-            i += 2
-        elif opt in flags:
-            yield opt, None
-            i += 1
-        else:
-            raise PluginInitError(f"{plugin}: unknown argument '{opt}'")
-
-
-def parse_int(value: str, plugin: str, opt: str, *, minimum: int = 0) -> int:
-    """An integer option, refused like C's strtol checks (whole string, >= minimum)."""
-    try:
-        n = int(value, 10)
-    except ValueError:
-        raise PluginInitError(f"{plugin}: {opt} needs an integer, got '{value}'") from None
-    if n < minimum:
-        raise PluginInitError(f"{plugin}: {opt} must be >= {minimum}, got {n}")
-    return n
-
-
-def parse_yes_no(value: str, plugin: str, opt: str) -> bool:
-    if value in ("yes", "YES", "Yes"):
-        return True
-    if value in ("no", "NO", "No"):
-        return False
-    raise PluginInitError(f"{plugin}: {opt} takes yes or no, got '{value}'")

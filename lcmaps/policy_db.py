@@ -21,6 +21,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from safetext import one_line
+
 LCMAPS_LIB_HOME = "/usr/lib/x86_64-linux-gnu"
 LCMAPS_MOD_HOME = "/usr/lib/x86_64-linux-gnu/lcmaps"
 MAX_ARGS = 49  # LCMAPS_MAXARGS (51) minus argv[0] minus the NULL slot
@@ -33,7 +35,7 @@ class PolicyDbError(Exception):
     def __init__(self, filename: str, lineno: int, reason: str) -> None:
         self.filename = filename
         self.lineno = lineno
-        self.reason = "".join(c if c.isprintable() else "?" for c in reason)
+        self.reason = one_line(reason)
         super().__init__(f"{filename}:{lineno}: {self.reason}")
 
 

@@ -25,14 +25,14 @@ def _format_left(seconds: float) -> str:
 
 def cmd_inspect_proxy(args: argparse.Namespace) -> int:
     """Describe a proxy file and verify it against the CA dir and vomsdir."""
-    from lcmaps.credential import (
+    from credentials.credential import (
         ProxyType,
         TrustStore,
         load_proxy_file,
         read_voms_unverified,
         verify_credential,
     )
-    from lcmaps.credential_errors import CredentialError
+    from credentials.errors import CredentialError
 
     now = datetime.now(UTC)
     try:

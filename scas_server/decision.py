@@ -6,7 +6,7 @@ Order of work for one query:
 2. pick the LCMAPS policies for the (resource type, action) pair from the
    YAML (``wn``/``execute-now`` -> glexec policies, ``ce``/``queue`` ->
    gatekeeper policies, ...); no route -> Deny;
-3. verify the user's ``cert-chain`` with :mod:`lcmaps.credential` against the
+3. verify the user's ``cert-chain`` with :mod:`credentials.credential` against the
    server's CA dir and vomsdir; FQANs come only from verified VOMS ACs.
    A query without a chain is answered Indeterminate (missing-attribute)
    unless ``trust_pep_attributes`` says to take DN/FQANs from the PEP;
@@ -34,9 +34,10 @@ from typing import Any
 
 from client import xacml
 from client.xacml import AuthzRequest, Decision, XacmlError, ids
-from lcmaps.credential import TrustStore
-from lcmaps.credential_cache import CredentialCache
-from lcmaps.credential_errors import CredentialError
+from credentials.credential import TrustStore
+from credentials.credential_cache import CredentialCache
+from credentials.errors import CredentialError
+from safetext import one_line
 from scas_server.audit import AuditLog, AuditRecord
 from scas_server.config import ConfigError, ServerConfig
 from scas_server.engines import Engines, Mapping, MappingRefused, PolicyError, load_engines
@@ -59,7 +60,7 @@ class Outcome:
 
 
 def _clean(text: str | None) -> str | None:
-    return xacml.one_line(text, 512) if text is not None else None
+    return one_line(text, 512) if text is not None else None
 
 
 class Pipeline:

@@ -73,9 +73,9 @@ def _verified_chain(sock: ssl.SSLSocket) -> list[x509.Certificate]:
 
 
 def _tls_peer(sock: ssl.SSLSocket) -> Peer:
-    from lcmaps.credential_errors import CredentialError
-    from lcmaps.dn import oneline
-    from lcmaps.proxy_chain import classify
+    from credentials.dn import oneline
+    from credentials.errors import CredentialError
+    from credentials.proxy_chain import classify
 
     chain = _verified_chain(sock)
     if not chain:

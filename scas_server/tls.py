@@ -6,7 +6,7 @@ may present the pilot's proxy. With ``crl_check`` OpenSSL looks up the
 leaf's CRL as ``<issuer-hash>.r0`` in the CA directory. OpenSSL skips CRL
 checks for proxy certificates, so for a proxy the end-entity behind it is
 checked by the application (:func:`scas_server.app`), through
-:mod:`lcmaps.credential`.
+:mod:`credentials.credential`.
 
 gunicorn calls its ``ssl_context`` hook for every connection; the context
 is built once per worker process and reused, which also gives TLS session

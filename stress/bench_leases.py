@@ -1,4 +1,4 @@
-"""Lease throughput of lcmaps.gridmapdir.GridmapDir.
+"""Lease throughput of leases.gridmapdir.GridmapDir.
 
 Prints mappings/s for (1) a lease already held (the common case: lstat the
 lease, find its pool entry through the inode cache, re-check it, utime) and
@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import time
 
-from lcmaps.gridmapdir import GridmapDir, PoolExhausted
+from leases.gridmapdir import GridmapDir, PoolExhausted
 
 
 def fs_type(path: str) -> str:

@@ -198,8 +198,8 @@ def _gridmapdir(work: str, sizes: dict[str, int]) -> str:
 def build(work: str, users: int, *, listen: str, workers: int, worker_class: str,
           threads: int) -> dict[str, Any]:
     """Write (or reuse) the whole site under ``work``; return the manifest locust reads."""
-    from lcmaps.credential import load_proxy_file
-    from lcmaps.testpki import TestPKI
+    from credentials.credential import load_proxy_file
+    from testkit.pki import TestPKI
 
     work = os.path.abspath(work)
     os.makedirs(work, exist_ok=True)

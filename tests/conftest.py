@@ -1,6 +1,6 @@
 """Fixtures shared by the whole suite: a real test PKI, built once per session.
 
-``pki`` is a :class:`lcmaps.testpki.TestPKI` in a session temp dir with a CA
+``pki`` is a :class:`testkit.pki.TestPKI` in a session temp dir with a CA
 (+CRL), a VOMS server trusted for dteam/atlas/cms, and ``users``: alice,
 bob, and jurgen (a non-ASCII CN). Tests that need their own CA make one.
 """
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lcmaps.testpki import TestPKI, User
+from testkit.pki import TestPKI, User
 
 ALICE_DN = "/DC=org/DC=example/O=Users/CN=Alice Smith"
 BOB_DN = "/DC=org/DC=example/O=Users/CN=Bob Jones"

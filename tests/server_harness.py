@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from client import xacml
-from lcmaps.testpki import TestPKI
+from testkit.pki import TestPKI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

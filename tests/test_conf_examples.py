@@ -10,8 +10,8 @@ import pytest
 
 from lcas.db import load_db
 from lcas.plugins.timeslots import parse_timeslots
-from lcmaps import mapfile
 from lcmaps.policy_db import load_policy_db
+from sitefiles import mapfile
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

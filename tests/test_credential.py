@@ -11,8 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from lcmaps import credential_errors as err
-from lcmaps.credential import (
+from credentials import errors as err
+from credentials.credential import (
     ProxyPolicy,
     ProxyType,
     TrustStore,
@@ -20,7 +20,7 @@ from lcmaps.credential import (
     load_proxy_file,
     verify_credential,
 )
-from lcmaps.testpki import TestPKI, User
+from testkit.pki import TestPKI, User
 
 DTEAM = "/dteam/Role=NULL/Capability=NULL"
 PROD = "/dteam/production/Role=NULL/Capability=NULL"

@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from lcmaps.credential import load_proxy_file
-from lcmaps.dn import DNError, oneline, oneline_from_der
-from lcmaps.testpki import TestPKI, User
+from credentials.credential import load_proxy_file
+from credentials.dn import DNError, oneline, oneline_from_der
+from testkit.pki import TestPKI, User
 
 ONELINE_C = r"""
 #include <openssl/pem.h>

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lcmaps.gridmapdir import (
+from leases.gridmapdir import (
     EntryTaken,
     GridmapDir,
     GridmapDirUnusable,

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from lcmaps.credential import ProxyType, TrustStore, load_proxy_file, verify_credential
-from lcmaps.testpki import TestPKI, User
+from credentials.credential import ProxyType, TrustStore, load_proxy_file, verify_credential
+from testkit.pki import TestPKI, User
 
 pytestmark = pytest.mark.interop
 
@@ -103,7 +103,7 @@ def test_interop_c_lcmaps_maps_our_proxies(pki: TestPKI, users: dict[str, User],
                                            tmp_path: Path) -> None:
     """Debian's C LCMAPS maps our proxies through mapfiles keyed on OUR DN strings, and
     verifies our VOMS ACs (a VOMS-only policy permits only when it read the FQAN)."""
-    from lcmaps import credential_errors as err
+    from credentials import errors as err
     from tests.compat.oracle import build_oracle, missing_reason, run_oracle
 
     reason = missing_reason()

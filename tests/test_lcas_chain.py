@@ -82,7 +82,7 @@ def test_chain_unknown_plugin_denies_with_reason(site: Path) -> None:
 def test_chain_bad_plugin_arguments_deny(site: Path) -> None:
     db = write(site, "lcas.db", 'pluginname="lcas_voms.mod",pluginargs="-authfile"\n')
     verdict = authorize(load_chain(db), ALICE)
-    assert not verdict.allowed and "-authfile needs a value" in verdict.reason
+    assert not verdict.allowed and "-authfile needs to be followed by a value" in verdict.reason
 
 
 def test_chain_malformed_db_raises_and_builds_nothing(site: Path) -> None:

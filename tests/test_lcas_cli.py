@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lcmaps.testpki import TestPKI, User
+from testkit.pki import TestPKI, User
 
 ALICE = "/DC=org/DC=example/O=Users/CN=Alice Smith"
 BOB = "/DC=org/DC=example/O=Users/CN=Bob Jones"

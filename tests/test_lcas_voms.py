@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from credentials.credential import load_proxy_file
 from lcas.plugin_api import PluginInitError, Request
 from lcas.plugins.voms import VomsAuth
-from lcmaps.credential import load_proxy_file
-from lcmaps.testpki import TestPKI, User
+from testkit.pki import TestPKI, User
 
 ALICE = "/DC=org/DC=example/O=Users/CN=Alice Smith"
 DTEAM = "/dteam/Role=NULL/Capability=NULL"
@@ -184,7 +184,7 @@ def test_voms_gacl_billion_laughs_refused(tmp_path: Path) -> None:
     ("args", "reason"),
     [
         ((), "-authfile is required"),
-        (("-authfile",), "-authfile needs a value"),
+        (("-authfile",), "-authfile needs to be followed by a value"),
         (("-authfile", "/nonexistent/x"), "No such file"),
         (("-authformat", "xml"), "-authformat takes simple or gacl"),
         (("-bogus",), "unknown argument '-bogus'"),
@@ -219,7 +219,7 @@ def test_voms_verifies_an_unverified_proxy(tmp_path: Path, pki: TestPKI,
 
 def test_voms_gacl_server_dn_matches_verified_ac(tmp_path: Path, pki: TestPKI,
                                                  users: dict[str, User]) -> None:
-    from lcmaps.credential import TrustStore, verify_credential
+    from credentials.credential import TrustStore, verify_credential
 
     proxy = pki.proxy(users["alice"], fqans=(DTEAM,), vo="dteam")
     cred = verify_credential(load_proxy_file(proxy), TrustStore(pki.certdir, pki.vomsdir))

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lcmaps.testpki import TestPKI, User
+from testkit.pki import TestPKI, User
 
 DTEAM = "/dteam/Role=NULL/Capability=NULL"
 

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from lcmaps.gridmapdir import GridmapDir, in_pool, lease_name
+from leases.gridmapdir import GridmapDir, in_pool, lease_name
 
 pytestmark = pytest.mark.slow
 
 WORKER = r"""
 import json, os, sys, time
-from lcmaps.gridmapdir import GridmapDir, GridmapDirError, LeaseRace, PoolExhausted
+from leases.gridmapdir import GridmapDir, GridmapDirError, LeaseRace, PoolExhausted
 path, go, first, last, step = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
 while not os.path.exists(go):
     time.sleep(0.001)

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lcmaps import mapfile
-from lcmaps.mapfile import MapfileMissing, MapfileParseError, glob_match
+from sitefiles import mapfile
+from sitefiles.mapfile import MapfileMissing, MapfileParseError, glob_match
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "grid-mapfile") -> Path:

@@ -72,7 +72,7 @@ def test_server_unrouted_action_denied(server: Server, site: Site) -> None:
 
 
 def test_server_untrusted_user_chain_denied(server: Server, site: Site, tmp_path: Path) -> None:
-    from lcmaps.testpki import TestPKI
+    from testkit.pki import TestPKI
 
     other = TestPKI(tmp_path / "other", ca_dn="/DC=org/DC=evil/CN=Evil CA", reuse_keys=True)
     mallory = other.user("mallory", USER_DN)

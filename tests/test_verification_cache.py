@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from lcmaps import credential_errors as err
-from lcmaps import proxy_chain
-from lcmaps.credential import TrustStore, load_proxy_file, verify_credential
-from lcmaps.credential_cache import CredentialCache
-from lcmaps.testpki import TestPKI
+from credentials import errors as err
+from credentials import proxy_chain
+from credentials.credential import TrustStore, load_proxy_file, verify_credential
+from credentials.credential_cache import CredentialCache
+from testkit.pki import TestPKI
 
 DN = "/DC=org/DC=example/O=Users/CN=Cache Tester"
 FQANS = ("/dteam/Role=NULL/Capability=NULL",)

@@ -1,6 +1,6 @@
 """Shared by userban and userallow: a DN list in grid-mapfile syntax.
 
-The file is parsed by :mod:`lcmaps.mapfile`, the exact C grid-mapfile
+The file is parsed by :mod:`sitefiles.mapfile`, the exact C grid-mapfile
 parser: quoted DNs (``\\`` kept verbatim inside), ``#`` comments, blank
 lines, lines split at ``\\n``. Unlike the C parser, a ``\\r`` left at the end of
 a key by a CRLF file is dropped, so a DOS-edited ban list still bans.
@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from lcas.plugin_api import PluginInitError, Request, Verdict, clean, resolve_path
-from lcmaps import mapfile
-from lcmaps.cglob import glob_match
+from lcas.plugin_api import PluginInitError, Request, Verdict, resolve_path
+from safetext import one_line
+from sitefiles import mapfile
+from sitefiles.cglob import glob_match
 
 log = logging.getLogger("lcas")
 
@@ -34,8 +35,8 @@ class DnList:
         for line in parsed.lines:
             if [m for m in line.mappings if m != "\r"]:
                 log.warning("%s: %s:%d: text after the DN '%s' is ignored (quote DNs "
-                            "that contain blanks)", plugin, clean(path), line.lineno,
-                            clean(line.key))
+                            "that contain blanks)", plugin, one_line(path), line.lineno,
+                            one_line(line.key))
 
     def contains(self, dn: str) -> bool:
         """True if a line matches ``dn``; raises MapfileError if the file went bad."""

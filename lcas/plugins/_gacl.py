@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from lcmaps.cglob import glob_match
+from sitefiles.cglob import glob_match
 
 MAX_GACL_BYTES = 1024 * 1024
 GRANTING = frozenset({"exec", "read", "write"})

@@ -3,7 +3,7 @@
 ``pluginargs="-authfile F [-authformat simple|gacl] [-use_user_dn]
 [-vomsdir D] [-certdir D]"``
 
-* ``simple``: grid-mapfile syntax (:mod:`lcmaps.mapfile`): each line's key
+* ``simple``: grid-mapfile syntax (:mod:`sitefiles.mapfile`): each line's key
   is an FQAN pattern (shell wildcards, ``*`` crosses ``/``, case-sensitive,
   no FQAN normalisation: ``/dteam`` does not match ``/dteam/*``); anything
   after the key is ignored; a trailing ``\\r`` (CRLF file) is dropped from
@@ -33,13 +33,13 @@ from lcas.plugin_api import (
     PluginInitError,
     Request,
     Verdict,
-    clean,
-    iter_args,
     resolve_path,
 )
 from lcas.plugins._gacl import Entry, Fqan, GaclError, gacl_allows, parse_gacl, split_fqan
-from lcmaps import mapfile
-from lcmaps.cglob import glob_match
+from safetext import one_line
+from sitefiles import mapfile
+from sitefiles.cglob import glob_match
+from sitefiles.plugins import ArgWalker
 
 log = logging.getLogger("lcas")
 
@@ -67,26 +67,28 @@ class VomsAuth(Plugin):
         self.use_user_dn = False
         self.certdir = os.environ.get("X509_CERT_DIR", "/etc/grid-security/certificates")
         self.vomsdir = os.environ.get("X509_VOMS_DIR", "/etc/grid-security/vomsdir")
-        for opt, value in iter_args(
-            argv, self.name,
-            with_value=("-vomsdir", "-certdir", "-authfile", "-authformat", "-gacl_use_voms_dn"),
-            flags=("-use_user_dn",),
-        ):
+        args = ArgWalker(argv, self.name)
+        for opt in args:
+            if opt == "-use_user_dn":
+                self.use_user_dn = True
+                continue
+            if opt not in ("-vomsdir", "-certdir", "-authfile", "-authformat",
+                           "-gacl_use_voms_dn"):
+                args.unknown()
+            value = args.value(allow_empty=True)
             if opt == "-authfile":
-                authfile = resolve_path(value or "", db_dir)
+                authfile = resolve_path(value, db_dir)
             elif opt == "-authformat":
                 if value not in ("simple", "gacl"):
                     raise PluginInitError(f"{self.name}: -authformat takes simple or gacl, "
                                           f"got '{value}'")
                 fmt = value
             elif opt == "-vomsdir":
-                self.vomsdir = resolve_path(value or "", db_dir)
+                self.vomsdir = resolve_path(value, db_dir)
             elif opt == "-certdir":
-                self.certdir = resolve_path(value or "", db_dir)
-            elif opt == "-use_user_dn":
-                self.use_user_dn = True
+                self.certdir = resolve_path(value, db_dir)
             else:
-                log.warning("%s: legacy option %s %s ignored", self.name, opt, clean(value or ""))
+                log.warning("%s: legacy option %s %s ignored", self.name, opt, one_line(value))
         if authfile is None:
             raise PluginInitError(f"{self.name}: -authfile is required")
         self.format = fmt
@@ -106,8 +108,8 @@ class VomsAuth(Plugin):
         if cred is None:
             return [split_fqan(f) for f in request.fqans]
         if not cred.verified:
-            from lcmaps.credential import TrustStore, verify_credential
-            from lcmaps.credential_errors import CredentialError
+            from credentials.credential import TrustStore, verify_credential
+            from credentials.errors import CredentialError
 
             try:
                 cred = verify_credential(cred, TrustStore(self.certdir, self.vomsdir),

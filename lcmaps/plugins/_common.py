@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 from lcmaps import accounts
 from lcmaps.plugin_api import PluginInitError, RunContext
@@ -156,10 +155,3 @@ class GidFlags:
         elif "--add-secondary-gids-from-mapped-account" in self.seen:
             sgid = True
         return pgid, sgid
-
-
-def value_of(args: Sequence[str], i: int, plugin: str, what: str = "a value") -> str:
-    """argv[i+1] or an init error naming the option (C: 'needs to be followed by ...')."""
-    if i + 1 >= len(args) or args[i + 1] == "":
-        raise PluginInitError(f"{plugin}: option {args[i]} needs to be followed by {what}")
-    return args[i + 1]

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lcmaps import mapfile
-from lcmaps.plugin_api import Plugin, PluginInitError, RunContext
-from lcmaps.plugins._common import NO_WILDCARD_OPTS, prefixed_file, register_dn, value_of
+from lcmaps.plugin_api import Plugin, RunContext
+from lcmaps.plugins._common import NO_WILDCARD_OPTS, prefixed_file, register_dn
+from sitefiles import mapfile
+from sitefiles.plugins import ArgWalker
 
 BAN_FILE_OPTS = (
     "-banmapfile", "-BANMAPFILE", "-ban_mapfile", "-BAN_MAPFILE",
@@ -26,19 +27,14 @@ class _Ban(Plugin):
         super().__init__(argv)
         self.banfile: str | None = None
         self.wildcards = True
-        args = list(argv)
-        i = 1
-        while i < len(args):
-            if args[i] in BAN_FILE_OPTS:
-                self.banfile = prefixed_file(
-                    value_of(args, i, self.label, "a file name"), self.label, args[i]
-                )
-                i += 2
-            elif args[i] in NO_WILDCARD_OPTS:
+        args = ArgWalker(argv, self.label)
+        for opt in args:
+            if opt in BAN_FILE_OPTS:
+                self.banfile = prefixed_file(args.value("a file name"), self.label, opt)
+            elif opt in NO_WILDCARD_OPTS:
                 self.wildcards = False
-                i += 1
             else:
-                raise PluginInitError(f"{self.label}: unknown argument '{args[i]}'")
+                args.unknown()
 
     def _listed(self, ctx: RunContext, values: Sequence[str]) -> bool | None:
         """True if banned, False if not, None after recording an error."""

@@ -50,7 +50,8 @@ with warnings.catch_warnings():  # ldap3 2.9 uses pyasn1 names deprecated in 0.6
     from ldap3.utils.conv import escape_filter_chars
 
 from lcmaps.plugin_api import Plugin, PluginInitError, RunContext, log
-from lcmaps.plugins._common import value_of
+from safetext import one_line
+from sitefiles.plugins import ArgWalker, parse_yes_no
 
 NAME = "lcmaps_ldap_enf"
 MAX_GID = 999_999_999  # C refuses larger group numbers
@@ -126,15 +127,11 @@ class _Plan:
     missing: list[int] = field(default_factory=list)
 
 
-def _clean(text: object) -> str:
-    return "".join(c if c.isprintable() else "?" for c in str(text))
-
-
 def _ldap_error(conn: Connection) -> str:
     res = conn.result or {}
     desc = res.get("description") or "error"
     msg = res.get("message") or ""
-    return _clean(f"{desc} ({msg})" if msg else desc)
+    return one_line(f"{desc} ({msg})" if msg else desc)
 
 
 class LdapEnf(Plugin):
@@ -153,38 +150,33 @@ class LdapEnf(Plugin):
         self.sb_groups: str | None = None
         self.sb_user: str | None = None
         self.timeout = 0
-        args, i = list(argv), 1
-        while i < len(args):
-            opt = args[i]
+        args = ArgWalker(argv, NAME)
+        for opt in args:
             if opt in _MAX_OPTS:
                 attr = _MAX_OPTS[opt]
                 if getattr(self, attr) != -1:  # C: a second -maxuid is an unknown parameter
                     raise PluginInitError(f"{NAME}: option {opt} given twice")
-                setattr(self, attr, _number(value_of(args, i, NAME, "a number"), opt))
+                setattr(self, attr, _number(args.value("a number"), opt))
             elif opt in ("-port", "-PORT"):
-                self.port = _number(value_of(args, i, NAME, "a number"), opt)
+                self.port = _number(args.value("a number"), opt)
                 if self.port > 65535:
                     raise PluginInitError(f"{NAME}: {opt} must be at most 65535, got {self.port}")
             elif opt in ("-hostname", "-HOSTNAME"):
-                self.hostname = value_of(args, i, NAME, "a host name")
+                self.hostname = args.value("a host name")
             elif opt == "-require_all_groups":
-                value = value_of(args, i, NAME, '"yes" or "no"')
-                if value not in ("yes", "no"):
-                    raise PluginInitError(f'{NAME}: use "yes" or "no" for option {opt}')
-                self.require_all_groups = value == "yes"
+                self.require_all_groups = parse_yes_no(args.value('"yes" or "no"'), NAME, opt)
             elif opt == "-dn_manager":
-                self.dn_manager = value_of(args, i, NAME, "a DN")
+                self.dn_manager = args.value("a DN")
             elif opt == "-ldap_pw":
-                self.password = read_password(value_of(args, i, NAME, "a file name"))
+                self.password = read_password(args.value("a file name"))
             elif opt == "-sb_groups":
-                self.sb_groups = value_of(args, i, NAME, "a search base")
+                self.sb_groups = args.value("a search base")
             elif opt == "-sb_user":
-                self.sb_user = value_of(args, i, NAME, "a search base")
+                self.sb_user = args.value("a search base")
             elif opt == "-timeout":
-                self.timeout = _number(value_of(args, i, NAME, "a number of seconds"), opt)
+                self.timeout = _number(args.value("a number of seconds"), opt)
             else:
-                raise PluginInitError(f"{NAME}: unknown argument '{opt}'")
-            i += 2
+                args.unknown()
         if self.maxsgid > _ngroups_max():
             raise PluginInitError(f"{NAME}: -maxsgid {self.maxsgid} exceeds the system "
                                   f"maximum of {_ngroups_max()} groups")
@@ -222,7 +214,8 @@ class LdapEnf(Plugin):
         try:
             plan = self._plan(conn, username, pgid, d.sgids)
             if plan.missing and self.require_all_groups:
-                return ctx.fail(f"{NAME}: no posixGroup under {_clean(self.sb_groups)} for gid(s) "
+                return ctx.fail(f"{NAME}: no posixGroup under {one_line(self.sb_groups)} "
+                                f"for gid(s) "
                                 f"{', '.join(map(str, plan.missing))}; nothing changed")
             for gid in plan.missing:
                 log.info("%s: no posixGroup for gid %d, skipped (-require_all_groups no)",
@@ -231,17 +224,17 @@ class LdapEnf(Plugin):
         except _Failure as exc:
             return ctx.fail(str(exc))
         except LDAPException as exc:
-            return ctx.fail(f"{NAME}: LDAP error at {self._where()}: {_clean(exc)}")
+            return ctx.fail(f"{NAME}: LDAP error at {self._where()}: {one_line(exc)}")
         finally:
             _close(conn)
         log.info("%s: uid=%d(%s) pgid=%s sgids=%s: added to %d group(s), already in %d%s",
-                 NAME, d.uids[0], _clean(username), pgid, d.sgids, len(plan.add_to),
+                 NAME, d.uids[0], one_line(username), pgid, d.sgids, len(plan.add_to),
                  len(plan.already),
                  "" if plan.new_gid is None else f", gidNumber set to {plan.new_gid}")
         return True
 
     def _where(self) -> str:
-        return _clean(f"{self.hostname}:{self.port}")
+        return one_line(f"{self.hostname}:{self.port}")
 
     def _connect(self) -> Connection:
         """A bound connection, or _Failure naming host and cause."""
@@ -257,17 +250,17 @@ class LdapEnf(Plugin):
                 return conn
             reason = _ldap_error(conn)
         except LDAPException as exc:
-            reason = _clean(exc) or type(exc).__name__
+            reason = one_line(exc) or type(exc).__name__
         if conn is not None:
             _close(conn)
         raise _Failure(f"{NAME}: cannot bind to LDAP server {self._where()} as "
-                       f"{_clean(self.dn_manager)}: {reason}")
+                       f"{one_line(self.dn_manager)}: {reason}")
 
     def _search(self, conn: Connection, base: str, flt: str, attrs: list[str]) -> list[dict]:
         ok = conn.search(base, flt, search_scope=SUBTREE, attributes=attrs,
                          time_limit=self.timeout)
         if not ok and (conn.result or {}).get("result") not in (0, 32):  # 32: noSuchObject
-            raise _Failure(f"{NAME}: LDAP search for {_clean(flt)} under {_clean(base)} "
+            raise _Failure(f"{NAME}: LDAP search for {one_line(flt)} under {one_line(base)} "
                            f"failed: {_ldap_error(conn)}")
         return [e for e in conn.response or [] if e.get("type") == "searchResEntry"]
 
@@ -281,7 +274,7 @@ class LdapEnf(Plugin):
                                  ["gidNumber"])
             if len(users) != 1:
                 raise _Failure(f"{NAME}: {len(users)} posixAccount entries with uid="
-                               f"{_clean(username)} under {_clean(base)}, need exactly 1; "
+                               f"{one_line(username)} under {one_line(base)}, need exactly 1; "
                                "nothing changed")
             plan.user_dn = users[0]["dn"]
             old = users[0]["attributes"].get("gidNumber")
@@ -298,7 +291,7 @@ class LdapEnf(Plugin):
                 continue
             if len(groups) > 1:
                 raise _Failure(f"{NAME}: {len(groups)} posixGroup entries with gidNumber "
-                               f"{gid} under {_clean(self.sb_groups)}; nothing changed")
+                               f"{gid} under {one_line(self.sb_groups)}; nothing changed")
             members = groups[0]["attributes"].get("memberUid") or []
             if username in members:
                 plan.already.append(gid)
@@ -338,8 +331,8 @@ class LdapEnf(Plugin):
                 parts.append("nothing else was changed")
             if k + 1 < len(steps):
                 parts.append("not attempted: " + "; ".join(s[0] for s in steps[k + 1:]))
-            raise _Failure(f"{NAME}: changing {_clean(what)} failed: {cause}; "
-                           f"{_clean('; '.join(parts))}")
+            raise _Failure(f"{NAME}: changing {one_line(what)} failed: {cause}; "
+                           f"{one_line('; '.join(parts))}")
 
 
 def _modify(conn: Connection, dn: str, change: dict) -> tuple[bool, int | None, str]:
@@ -349,7 +342,7 @@ def _modify(conn: Connection, dn: str, change: dict) -> tuple[bool, int | None, 
             return True, 0, ""
         return False, (conn.result or {}).get("result"), _ldap_error(conn)
     except LDAPException as exc:
-        return False, None, _clean(exc) or type(exc).__name__
+        return False, None, one_line(exc) or type(exc).__name__
 
 
 def _close(conn: Connection) -> None:

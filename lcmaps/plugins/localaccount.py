@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lcmaps import mapfile
-from lcmaps.plugin_api import Plugin, PluginInitError, RunContext
+from lcmaps.plugin_api import Plugin, RunContext
 from lcmaps.plugins._common import (
     GRIDMAPFILE_OPTS,
     add_account,
@@ -18,8 +17,9 @@ from lcmaps.plugins._common import (
     prefixed_file,
     register_dn,
     requested_username,
-    value_of,
 )
+from sitefiles import mapfile
+from sitefiles.plugins import ArgWalker
 
 NAME = "lcmaps_localaccount"
 
@@ -30,16 +30,12 @@ class LocalAccount(Plugin):
     def __init__(self, argv: Sequence[str]) -> None:
         super().__init__(argv)
         self.gridmapfile: str | None = None
-        args = list(argv)
-        i = 1
-        while i < len(args):
-            if args[i] in GRIDMAPFILE_OPTS:
-                self.gridmapfile = prefixed_file(
-                    value_of(args, i, NAME, "a file name"), NAME, args[i]
-                )
-                i += 2
+        args = ArgWalker(argv, NAME)
+        for opt in args:
+            if opt in GRIDMAPFILE_OPTS:
+                self.gridmapfile = prefixed_file(args.value("a file name"), NAME, opt)
             else:
-                raise PluginInitError(f"{NAME}: unknown argument '{args[i]}'")
+                args.unknown()
 
     def run(self, ctx: RunContext) -> bool:
         dn = register_dn(ctx)

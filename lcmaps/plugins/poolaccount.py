@@ -1,6 +1,6 @@
 """lcmaps_poolaccount.mod: DN -> ``.pool`` in the grid-mapfile -> leased account.
 
-Leases live in the gridmapdir shared with C LCMAPS (:mod:`lcmaps.gridmapdir`).
+Leases live in the gridmapdir shared with C LCMAPS (:mod:`leases.gridmapdir`).
 Adds uid, pgid, the account's ``getgrouplist`` gids and the lease name as
 pool index. An exhausted pool is a plain plugin failure.
 
@@ -14,10 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from lcmaps import mapfile
-from lcmaps.gridmapdir import GridmapDir
-from lcmaps.lease_store import GridmapDirError
-from lcmaps.plugin_api import Plugin, PluginInitError, RunContext, parse_int
+from lcmaps.plugin_api import Plugin, PluginInitError, RunContext
 from lcmaps.plugins._common import (
     GRIDMAPDIR_OPTS,
     GRIDMAPFILE_OPTS,
@@ -28,18 +25,13 @@ from lcmaps.plugins._common import (
     prefixed_file,
     register_dn,
     requested_username,
-    value_of,
 )
+from leases.gridmapdir import GridmapDir
+from leases.store import MAX_MAPPINGS_LIMIT, GridmapDirError
+from sitefiles import mapfile
+from sitefiles.plugins import ArgWalker, parse_int, parse_yes_no
 
 NAME = "lcmaps_poolaccount"
-
-
-def parse_yes_no_exact(value: str, opt: str, plugin: str) -> bool:
-    if value == "yes":
-        return True
-    if value == "no":
-        return False
-    raise PluginInitError(f'{plugin}: use "yes" or "no" for option {opt}')
 
 
 _stores: dict[str, GridmapDir] = {}
@@ -68,36 +60,26 @@ class PoolAccount(Plugin):
         self.max_mappings = 1
         self.strict = True
         self.wildcards = True
-        args = list(argv)
-        i = 1
-        while i < len(args):
-            opt = args[i]
+        args = ArgWalker(argv, NAME)
+        for opt in args:
             if opt in GRIDMAPFILE_OPTS:
-                self.gridmapfile = prefixed_file(value_of(args, i, NAME, "a file name"), NAME, opt)
-                i += 2
+                self.gridmapfile = prefixed_file(args.value("a file name"), NAME, opt)
             elif opt in GRIDMAPDIR_OPTS:
-                d = value_of(args, i, NAME, "a directory")
+                d = args.value("a directory")
                 if not d.startswith("/"):
                     raise PluginInitError(f"{NAME}: {opt} must be an absolute path, got '{d}'")
                 self.gridmapdir = d
-                i += 2
             elif opt == "-max_mappings_per_credential":
-                n = parse_int(value_of(args, i, NAME, "a number"), NAME, opt, minimum=1)
-                if n > 9999:
-                    raise PluginInitError(f"{NAME}: {opt} must be in 1-9999, got {n}")
-                self.max_mappings = n
-                i += 2
+                self.max_mappings = parse_int(args.value("a number"), NAME, opt, minimum=1,
+                                              maximum=MAX_MAPPINGS_LIMIT)
             elif opt == "-strict_poolprefix_match":
-                self.strict = parse_yes_no_exact(value_of(args, i, NAME, "yes or no"), opt, NAME)
-                i += 2
+                self.strict = parse_yes_no(args.value("yes or no"), NAME, opt)
             elif opt in OVERRIDE_OPTS:
                 self.override = True
-                i += 1
             elif opt in NO_WILDCARD_OPTS:
                 self.wildcards = False
-                i += 1
             else:
-                raise PluginInitError(f"{NAME}: unknown argument '{opt}'")
+                args.unknown()
 
     def run(self, ctx: RunContext) -> bool:
         dn = register_dn(ctx)

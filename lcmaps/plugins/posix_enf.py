@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lcmaps.plugin_api import Plugin, PluginInitError, RunContext, log
+from sitefiles.plugins import ArgWalker, parse_yes_no
 
 NAME = "lcmaps_posix_enf"
 
@@ -29,22 +30,18 @@ class PosixEnf(Plugin):
         self.maxsgid = -1
         self.only_euid = False
         self.only_egid = False
-        args, i = list(argv), 1
-        while i < len(args):
-            opt = args[i]
-            nxt = args[i + 1] if i + 1 < len(args) else None
+        args = ArgWalker(argv, NAME)
+        for opt in args:
             if opt in ("-maxuid", "-MAXUID", "-maxpgid", "-MAXPGID", "-maxsgid", "-MAXSGID"):
-                if nxt is None or not nxt.isascii() or not nxt.isdigit():
+                nxt = args.value("a number", allow_empty=True)
+                if not nxt.isascii() or not nxt.isdigit():
                     raise PluginInitError(f"{NAME}: {opt} needs a number, got '{nxt}'")
                 setattr(self, opt.lower().lstrip("-"), int(nxt))
-                i += 2
             elif opt in ("-set_only_euid", "-set_only_egid"):
-                if nxt not in ("yes", "no"):
-                    raise PluginInitError(f'{NAME}: use "yes" or "no" for option {opt}')
-                setattr(self, "only_euid" if opt.endswith("euid") else "only_egid", nxt == "yes")
-                i += 2
+                yes = parse_yes_no(args.value('"yes" or "no"', allow_empty=True), NAME, opt)
+                setattr(self, "only_euid" if opt.endswith("euid") else "only_egid", yes)
             else:
-                raise PluginInitError(f"{NAME}: unknown argument '{opt}'")
+                args.unknown()
 
     def run(self, ctx: RunContext) -> bool:
         d = ctx.data

@@ -6,7 +6,7 @@ Options are matched like C (case-insensitive prefixes): ``-certdir``/
 options, ``--max-proxy-level-ttl=N|L PERIOD``, ``--max-voms-ttl PERIOD``
 (``[DD]d-HH:MM`` or ``H:MM``), ``--only-enforce-lifetime-checks`` and the
 two private-key options (accepted; a proxy file's key is not needed here).
-The checks themselves are :func:`lcmaps.credential.verify_credential`'s.
+The checks themselves are :func:`credentials.credential.verify_credential`'s.
 Without a certificate chain (DN+FQAN requests) the plugin fails, as in C.
 """
 
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from lcmaps.plugin_api import Plugin, PluginInitError, RunContext
+from sitefiles.plugins import ArgWalker
 
 NAME = "lcmaps_verify_proxy"
 LEAF_PROXY = 2000
@@ -46,20 +47,16 @@ class VerifyProxy(Plugin):
         self.only_lifetime = False
         self.level_ttl: dict[int | str, timedelta] = {}
         self.voms_ttl: timedelta | None = None
-        args, i = list(argv), 1
-        while i < len(args):
-            a, low = args[i], args[i].lower()
-            has_next = i + 1 < len(args)
-            if low.startswith(("-cadir", "-certdir", "-capath", "--capath")) and has_next:
-                d = args[i + 1]
-                if d:
-                    if not os.path.exists(d):
-                        raise PluginInitError(f"{NAME}: CA directory '{d}' does not exist")
-                    self.certdir = d
-                i += 2
-                continue
-            if low.startswith(("--discard_private_key_absence",
-                               "--never_discard_private_key_absence")):
+        args = ArgWalker(argv, NAME)
+        for a in args:
+            low = a.lower()
+            if low.startswith(("-cadir", "-certdir", "-capath", "--capath")) and args.has_value():
+                d = args.value(allow_empty=True)
+                if d and not os.path.exists(d):
+                    raise PluginInitError(f"{NAME}: CA directory '{d}' does not exist")
+                self.certdir = d or self.certdir
+            elif low.startswith(("--discard_private_key_absence",
+                                 "--never_discard_private_key_absence")):
                 pass
             elif low.startswith("--allow-limited-proxy"):
                 self.allow_limited = True
@@ -69,30 +66,30 @@ class VerifyProxy(Plugin):
                 self.require_limited = True
             elif low.startswith("--only-enforce-lifetime-checks"):
                 self.only_lifetime = True
-            elif low.startswith("--max-voms-ttl") and has_next:
-                self.voms_ttl = self._period(args[i + 1], a)
-                i += 2
-                continue
-            elif low.startswith(("--max-proxy-level-ttl=", "--max-proxy-level-ttl@")) and has_next:
-                lvl = a[22:]
-                level: int | str
-                if len(a) == 23 and lvl in ("l", "L"):
-                    level = "L"
-                else:
-                    m = re.match(r"\s*[+-]?\d+", lvl)
-                    level = int(m.group(0)) if m else 0
-                    if not 0 <= level < LEAF_PROXY:
-                        raise PluginInitError(f"{NAME}: bad proxy level in '{a}'")
-                self.level_ttl[level] = self._period(args[i + 1], a)
-                i += 2
-                continue
+            elif low.startswith("--max-voms-ttl") and args.has_value():
+                self.voms_ttl = self._period(args.value(allow_empty=True), a)
+            elif low.startswith(("--max-proxy-level-ttl=", "--max-proxy-level-ttl@")) and (
+                args.has_value()
+            ):
+                self.level_ttl[self._level(a)] = self._period(args.value(allow_empty=True), a)
             else:
-                raise PluginInitError(f"{NAME}: unknown argument '{a}'")
-            i += 1
+                args.unknown()
         if self.certdir is None:
             self.certdir = os.environ.get("X509_CERT_DIR") or "/etc/grid-security/certificates"
         if not self.allow_limited and self.require_limited:
             raise PluginInitError(f"{NAME}: limited proxies both required and disallowed")
+
+    @staticmethod
+    def _level(opt: str) -> int | str:
+        """The proxy level of ``--max-proxy-level-ttl=N`` (``L`` is the leaf), as C reads it."""
+        lvl = opt[22:]
+        if len(opt) == 23 and lvl in ("l", "L"):
+            return "L"
+        m = re.match(r"\s*[+-]?\d+", lvl)
+        level = int(m.group(0)) if m else 0
+        if not 0 <= level < LEAF_PROXY:
+            raise PluginInitError(f"{NAME}: bad proxy level in '{opt}'")
+        return level
 
     @staticmethod
     def _period(text: str, opt: str) -> timedelta:
@@ -107,9 +104,9 @@ class VerifyProxy(Plugin):
             return ctx.fail(f"{NAME}: no certificate chain to verify")
         from datetime import UTC, datetime
 
-        from lcmaps.credential import TrustStore, verify_credential
-        from lcmaps.credential_errors import CredentialError
-        from lcmaps.proxy_chain import ProxyPolicy
+        from credentials.credential import TrustStore, verify_credential
+        from credentials.errors import CredentialError
+        from credentials.proxy_chain import ProxyPolicy
 
         policy = ProxyPolicy(
             allow_limited=self.allow_limited,

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lcmaps import accounts, mapfile
-from lcmaps.lease_names import lease_string
-from lcmaps.lease_store import GridmapDirError, PoolExhausted
-from lcmaps.plugin_api import Plugin, PluginInitError, RunContext, parse_int
+from lcmaps import accounts
+from lcmaps.plugin_api import Plugin, PluginInitError, RunContext
 from lcmaps.plugins._common import (
     GRIDMAPDIR_OPTS,
     GRIDMAPFILE_OPTS,
@@ -27,9 +25,12 @@ from lcmaps.plugins._common import (
     prefixed_file,
     register_dn,
     requested_username,
-    value_of,
 )
-from lcmaps.plugins.poolaccount import gridmapdir_for, parse_yes_no_exact
+from lcmaps.plugins.poolaccount import gridmapdir_for
+from leases.names import lease_string
+from leases.store import MAX_MAPPINGS_LIMIT, GridmapDirError, PoolExhausted
+from sitefiles import mapfile
+from sitefiles.plugins import ArgWalker, parse_int, parse_yes_no
 
 
 class _VomsAccount(Plugin):
@@ -47,36 +48,26 @@ class _VomsAccount(Plugin):
         self.use_sgids_in_lease = True
         self.require_pgid: bool | None = None
         flags = GidFlags(name, default_account_gid=not self.pool)
-        args, i = list(argv), 1
-        while i < len(args):
-            opt = args[i]
+        args = ArgWalker(argv, name)
+        for opt in args:
             if opt in GRIDMAPFILE_OPTS:
-                self.gridmapfile = prefixed_file(value_of(args, i, name, "a file name"), name, opt)
-                i += 2
+                self.gridmapfile = prefixed_file(args.value("a file name"), name, opt)
             elif opt in GidFlags.OPTIONS:
                 flags.take(opt)
-                i += 1
             elif self.pool and opt in GRIDMAPDIR_OPTS:
-                self.gridmapdir = value_of(args, i, name, "a directory")
-                i += 2
+                self.gridmapdir = args.value("a directory")
             elif self.pool and opt in OVERRIDE_OPTS:
                 self.override = True
-                i += 1
             elif self.pool and opt == "-max_mappings_per_credential":
-                n = parse_int(value_of(args, i, name, "a number"), name, opt, minimum=1)
-                if n > 9999:
-                    raise PluginInitError(f"{name}: {opt} must be in 1-9999, got {n}")
-                self.max_mappings = n
-                i += 2
+                self.max_mappings = parse_int(args.value("a number"), name, opt, minimum=1,
+                                              maximum=MAX_MAPPINGS_LIMIT)
             elif self.pool and opt == "-strict_poolprefix_match":
-                self.strict = parse_yes_no_exact(value_of(args, i, name, "yes or no"), opt, name)
-                i += 2
+                self.strict = parse_yes_no(args.value("yes or no"), name, opt)
             elif self.pool and opt in (
                 "--do-not-use-secondary-gids", "-do_not-use-secondary-gids",
                 "-do_not_use_secondary_gids",
             ):
                 self.use_sgids_in_lease = False
-                i += 1
             elif self.pool and opt in (
                 "--do-not-require-primary-gid", "-do_not-require-primary-gid",
                 "-do_not_require_primary_gid", "--require-primary-gid",
@@ -85,9 +76,8 @@ class _VomsAccount(Plugin):
                 if self.require_pgid is not None and self.require_pgid != want:
                     raise PluginInitError(f"{name}: cannot specify both {opt} and its opposite")
                 self.require_pgid = want
-                i += 1
             else:
-                raise PluginInitError(f"{name}: unknown argument '{opt}'")
+                args.unknown()
         self.pgid_bits, self.add_sgids = flags.resolve()
 
     def _finish(self, ctx: RunContext, account: str) -> bool:

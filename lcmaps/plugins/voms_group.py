@@ -13,11 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from lcmaps import accounts, mapfile
-from lcmaps.lease_store import GridmapDirError, PoolExhausted
-from lcmaps.plugin_api import Plugin, PluginInitError, RunContext, parse_int
-from lcmaps.plugins._common import OVERRIDE_OPTS, prefixed_file, value_of
-from lcmaps.plugins.poolaccount import gridmapdir_for, parse_yes_no_exact
+from lcmaps import accounts
+from lcmaps.plugin_api import Plugin, PluginInitError, RunContext
+from lcmaps.plugins._common import OVERRIDE_OPTS, prefixed_file
+from lcmaps.plugins.poolaccount import gridmapdir_for
+from leases.store import GridmapDirError, PoolExhausted
+from sitefiles import mapfile
+from sitefiles.plugins import ArgWalker, parse_int, parse_yes_no
 
 GROUPMAPFILE_OPTS = ("-groupmapfile", "-GROUPMAPFILE", "-groupmap", "-GROUPMAP")
 GROUPMAPDIR_OPTS = ("-groupmapdir", "-GROUPMAPDIR")
@@ -36,33 +38,25 @@ class _VomsGroup(Plugin):
         self.secondary_only = False
         self.override = False
         self.strict = True
-        args, i, name = list(argv), 1, self.label
-        while i < len(args):
-            opt = args[i]
+        name = self.label
+        args = ArgWalker(argv, name)
+        for opt in args:
             if opt in GROUPMAPFILE_OPTS:
-                value = value_of(args, i, name, "a file name")
-                self.groupmapfile = prefixed_file(value, name, opt)
-                i += 2
+                self.groupmapfile = prefixed_file(args.value("a file name"), name, opt)
             elif opt == "-mapmin":
-                self.mapmin = parse_int(value_of(args, i, name, "a number"), name, opt)
-                i += 2
+                self.mapmin = parse_int(args.value("a number"), name, opt)
             elif opt == "--map-to-secondary-groups":
                 self.secondary_only = True
-                i += 1
             elif opt == "-mapall":
                 self.mapall = True
-                i += 1
             elif self.pool and opt in GROUPMAPDIR_OPTS:
-                self.groupmapdir = value_of(args, i, name, "a directory")
-                i += 2
+                self.groupmapdir = args.value("a directory")
             elif self.pool and opt in OVERRIDE_OPTS:
                 self.override = True
-                i += 1
             elif self.pool and opt == "-strict_poolprefix_match":
-                self.strict = parse_yes_no_exact(value_of(args, i, name, "yes or no"), opt, name)
-                i += 2
+                self.strict = parse_yes_no(args.value("yes or no"), name, opt)
             else:
-                raise PluginInitError(f"{name}: unknown argument '{opt}'")
+                args.unknown()
         if not self.groupmapfile:
             raise PluginInitError(f"{name}: no group-mapfile was provided, use -groupmapfile")
 

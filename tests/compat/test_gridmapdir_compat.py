@@ -1,4 +1,4 @@
-"""C lcmaps_poolaccount.mod vs lcmaps.gridmapdir on the SAME gridmapdir.
+"""C lcmaps_poolaccount.mod vs leases.gridmapdir on the SAME gridmapdir.
 
 The C plugin makes its lease even though the pool accounts do not exist in
 /etc/passwd (it fails later, at getpwnam), so the directory itself is the
@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from oracle import Oracle, run_oracle
 
-from lcmaps.gridmapdir import GridmapDir, PoolExhausted, WrongPool
+from leases.gridmapdir import GridmapDir, PoolExhausted, WrongPool
 
 DNS = [
     "/DC=org/DC=example/O=Users/CN=Alice Smith",

@@ -20,7 +20,7 @@ import pytest
 from oracle import run_oracle
 from sitecfg import compared, cred_env, make_site, run_python  # type: ignore[attr-defined]
 
-from lcmaps.gridmapdir import GridmapDir
+from leases.gridmapdir import GridmapDir
 
 ALICE = "/DC=org/DC=example/O=Users/CN=Alice Smith"
 EVE = "/DC=org/DC=example/O=Users/CN=Eve Intruder"

@@ -29,7 +29,7 @@ from pyasn1.codec.der import decoder, encoder
 from pyasn1.type import univ, useful
 from pyasn1_modules import rfc5280, rfc5755
 
-from lcmaps import proxy_chain, voms
+from credentials import proxy_chain, voms
 
 __all__ = ["Host", "TestPKI", "User", "parse_oneline"]
 

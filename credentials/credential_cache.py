@@ -8,7 +8,7 @@ the rest of a decision, and the answer is the same every time as long as:
 * ``now`` lies inside the credential's window: every certificate and AC
   valid, and no CRL consulted past its ``nextUpdate``;
 * nothing the verdict rests on changed: the CA directory and the files of
-  each issuer on the path (see :mod:`lcmaps.chain_cache`), and for each VO
+  each issuer on the path (see :mod:`credentials.chain_cache`), and for each VO
   the ``vomsdir``, ``vomsdir/<vo>`` and the files in it. Each is ``stat``-ed
   on every hit, so a new CRL, a removed CA or an edited ``.lsc`` file counts
   from the next query on.
@@ -26,10 +26,10 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from lcmaps import proxy_chain, voms
-from lcmaps.chain_cache import FileState, Remembered, VerdictCache, chain_key, file_state
-from lcmaps.credential import Credential, TrustStore, load_pem, verify_credential
-from lcmaps.proxy_chain import ProxyPolicy
+from credentials import proxy_chain, voms
+from credentials.chain_cache import FileState, Remembered, VerdictCache, chain_key, file_state
+from credentials.credential import Credential, TrustStore, load_pem, verify_credential
+from credentials.proxy_chain import ProxyPolicy
 
 __all__ = ["CredentialCache"]
 

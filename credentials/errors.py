@@ -8,10 +8,7 @@ ever sees ``str(exc)``.
 
 from __future__ import annotations
 
-
-def _one_line(text: str) -> str:
-    """Collapse control characters so a message can never forge a log line."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
+from safetext import one_line
 
 
 class CredentialError(Exception):
@@ -20,7 +17,7 @@ class CredentialError(Exception):
     kind = "invalid"
 
     def __init__(self, reason: str) -> None:
-        self.reason = _one_line(reason)
+        self.reason = one_line(reason)
         super().__init__(self.reason)
 
 

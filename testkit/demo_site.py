@@ -1,4 +1,4 @@
-"""``python -m scas_server.demo [WORKDIR] [--port 8443] [--keep]``: the SCAS service, end to end.
+"""``python -m testkit.demo_site [WORKDIR] [--port 8443] [--keep]``: the SCAS service, end to end.
 
 Writes a throw-away PKI, a grid-mapfile, a ban list, lcas.db, lcmaps.db and a
 server YAML into WORKDIR, starts ``scas-server`` on https://127.0.0.1:PORT with
@@ -55,7 +55,7 @@ def _write(path: str, text: str) -> None:
 
 
 def setup(work: str, port: int) -> dict[str, str]:
-    from lcmaps.testpki import TestPKI
+    from testkit.pki import TestPKI
 
     pki = TestPKI(os.path.join(work, "pki"), reuse_keys=True)
     server = pki.host("localhost", "/DC=org/DC=example/O=Hosts/CN=localhost")
@@ -116,7 +116,7 @@ def show(name: str, dn: str, d: xacml.Decision) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scas_server.demo")
+    parser = argparse.ArgumentParser(prog="python -m testkit.demo_site")
     parser.add_argument("workdir", nargs="?", default="demo-work/scas")
     parser.add_argument("--port", type=int, default=8443)
     parser.add_argument("--keep", action="store_true", help="leave the server running")

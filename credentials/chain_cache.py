@@ -15,7 +15,7 @@ certificates and the CA directory, together with:
   or rewritten CRL, or a removed CA, takes effect on the next query.
 
 Failures are never remembered: a bad chain is verified (and refused) each
-time. The site's :class:`~lcmaps.proxy_chain.ProxyPolicy` is applied on every
+time. The site's :class:`~credentials.proxy_chain.ProxyPolicy` is applied on every
 call, so one cache serves callers with different policies.
 """
 

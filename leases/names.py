@@ -1,7 +1,7 @@
 """Gridmapdir lease names and pool-membership rules, byte-compatible with C LCMAPS.
 
 Kept apart from the store so other lease stores (and admin tools) name
-leases exactly as ``lcmaps_gridmapdir.c`` does; see ``lcmaps.gridmapdir``
+leases exactly as ``lcmaps_gridmapdir.c`` does; see ``leases.gridmapdir``
 for the compatibility decision on non-ASCII bytes.
 """
 

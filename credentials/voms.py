@@ -30,8 +30,9 @@ from pyasn1.error import PyAsn1Error
 from pyasn1.type import univ
 from pyasn1_modules import rfc5755
 
-from lcmaps import proxy_chain
-from lcmaps.credential_errors import (
+from credentials import proxy_chain
+from credentials.dn import oneline, oneline_from_der, read_tlv
+from credentials.errors import (
     ACExpired,
     ACHolderMismatch,
     ACMalformed,
@@ -40,7 +41,6 @@ from lcmaps.credential_errors import (
     ACUntrusted,
     CredentialError,
 )
-from lcmaps.dn import oneline, oneline_from_der, read_tlv
 
 __all__ = ["VomsAttributes", "parse_attributes", "verified_attributes"]
 

@@ -2,7 +2,7 @@
 
 The LCMAPS pool plugins program against ``LeaseStore`` so a site with several
 SCAS replicas can later put leases in a shared database; ``GridmapDir`` in
-``lcmaps.gridmapdir`` is the embedded, C-compatible implementation.
+``leases.gridmapdir`` is the embedded, C-compatible implementation.
 """
 
 from __future__ import annotations
@@ -10,20 +10,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from safetext import one_line
+
 MAX_MAPPINGS_LIMIT = 9999
 
 # --- errors ----------------------------------------------------------------
-
-
-def _safe(text: str) -> str:
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 class GridmapDirError(Exception):
     """Base class: no lease could be made or checked.  One-line message."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(_safe(message))
+        super().__init__(one_line(message))
 
 
 class GridmapDirUnusable(GridmapDirError):

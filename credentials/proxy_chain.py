@@ -32,8 +32,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from OpenSSL import crypto
 
-from lcmaps.chain_cache import Verdict, VerdictCache, chain_key, watch_files
-from lcmaps.credential_errors import (
+from credentials.chain_cache import Verdict, VerdictCache, chain_key, watch_files
+from credentials.dn import oid_to_dotted, oneline, read_tlv
+from credentials.errors import (
     Expired,
     LifetimeExceeded,
     LimitedProxyRefused,
@@ -44,7 +45,6 @@ from lcmaps.credential_errors import (
     Revoked,
     UntrustedIssuer,
 )
-from lcmaps.dn import oid_to_dotted, oneline, read_tlv
 
 __all__ = ["ProxyPolicy", "ProxyType", "classify", "subject_hash", "verify_chain"]
 
@@ -354,7 +354,7 @@ def verify_chain(
 
     A chain that verified before is answered from :data:`CACHE` while its
     certificates, CRLs and CA files are unchanged and ``now`` is inside their
-    validity (see :mod:`lcmaps.chain_cache`); the policy is applied every time.
+    validity (see :mod:`credentials.chain_cache`); the policy is applied every time.
     """
     if not os.path.isdir(certdir):
         raise UntrustedIssuer(f"CA directory {certdir} does not exist")

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from lcmaps.cglob import glob_match
+from sitefiles.cglob import glob_match
 
 __all__ = [
     "Mapfile",

@@ -25,9 +25,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from lcmaps import proxy_chain, voms
-from lcmaps.credential_errors import ACInvalid, MalformedCredential
-from lcmaps.dn import oneline
+from credentials import proxy_chain, voms
+from credentials.dn import oneline
+from credentials.errors import ACInvalid, MalformedCredential
 
 __all__ = [
     "Credential",
@@ -194,7 +194,7 @@ def verify_credential(
 ) -> Credential:
     """Verify the chain (and the VOMS ACs) and return the credential marked verified.
 
-    Raises a :class:`~lcmaps.credential_errors.CredentialError` subclass naming
+    Raises a :class:`~credentials.errors.CredentialError` subclass naming
     the first failure. ``policy`` carries the site's proxy rules (limited
     proxies, path length, per-level lifetimes). With ``verify_voms`` false the
     ACs are not read at all (FQANs stay empty): unverified attributes are

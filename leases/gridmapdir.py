@@ -63,14 +63,14 @@ import stat
 import threading
 import time
 
-from lcmaps.lease_names import (
+from leases.names import (
     encode_lease,
     in_pool,
     is_candidate_entry,
     lease_name,
     lease_string,
 )
-from lcmaps.lease_store import (
+from leases.store import (
     MAX_MAPPINGS_LIMIT,
     EntryTaken,
     GridmapDirError,
