@@ -9,8 +9,8 @@ the authoritative checking is done by `parse_request`, not by the schema.
 from __future__ import annotations
 
 import copy
+from html import escape
 from typing import Any
-from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
@@ -95,7 +95,7 @@ def wsdl(location: str) -> bytes:
         query_ns=ids.NS_XACML_SAMLP_V2,
         samlp=ids.NS_SAMLP,
         action=ids.SOAP_ACTION,
-        location=quoteattr(location),
+        location='"' + escape(location, quote=True) + '"',
     ).encode("utf-8")
 
 

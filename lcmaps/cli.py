@@ -4,7 +4,8 @@ The output has the keys and meaning of the C oracle's (decision, uid,
 username, pgid, pgids, sgids, poolindex, reason) so both can be compared
 directly. Exit 0 permit, 1 deny, 2 error (usage, unreadable credential,
 malformed lcmaps.db or a plugin that refuses its arguments: then
-``file:line: reason`` goes to stderr and nothing runs).
+``file:line: reason`` goes to stderr and nothing runs; or a fault while
+mapping: a lease store unusable, an LDAP server down, a plugin crash).
 
 As in C, ``--pem`` does not verify the certificate chain here (that is the
 verify_proxy plugin's job, and it uses ``--certdir``), but the VOMS ACs are
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"lcmaps-run: bad --verify spec {args.verify!r}", file=sys.stderr)
             return 2
 
-    from lcmaps.evaluation import Engine, map_credential
+    from lcmaps.evaluation import Engine, MappingUnavailable, map_credential
     from lcmaps.policy_db import PolicyDbError, load_policy_db
 
     try:
@@ -122,12 +123,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         credential = replace(credential, voms=acs)
         os.environ.setdefault("X509_CERT_DIR", certdir)
-    result = map_credential(
-        engine, dn, fqans, credential=credential, policies=args.policy or None,
-        mapcounter=args.mapcounter, mode=Mode.VERIFICATION if requested else Mode.NORMAL,
-        requested=requested, now=now,
-    )
-    engine.close()
+    try:
+        result = map_credential(
+            engine, dn, fqans, credential=credential, policies=args.policy or None,
+            mapcounter=args.mapcounter, mode=Mode.VERIFICATION if requested else Mode.NORMAL,
+            requested=requested, now=now,
+        )
+    except MappingUnavailable as exc:
+        print(f"lcmaps-run: {exc.reason}", file=sys.stderr)
+        return _error(exc.reason)
+    finally:
+        engine.close()
     out: dict[str, object] = {
         "decision": result.decision, "uid": result.uid, "username": result.username,
         "pgid": result.pgid, "pgids": list(result.pgids), "sgids": list(result.sgids),

@@ -33,11 +33,13 @@ from lcmaps.plugin_api import (
     Mode,
     Plugin,
     PluginInitError,
+    PluginUnavailable,
     Request,
     RequestedAccount,
     RunContext,
 )
 from lcmaps.policy_db import Policy, PolicyDb, PolicyDbError, Rule, module_name
+from leases.store import GridmapDirError
 from safetext import one_line
 from sitefiles.plugins import load_plugin_class
 
@@ -54,6 +56,15 @@ def plugin_class(name: str) -> type[Plugin] | None:
     return load_plugin_class(ENTRY_POINT_GROUP, name)
 
 
+class MappingUnavailable(Exception):
+    """No decision could be made: a plugin's lease store or server failed, or a plugin
+    crashed. Never a deny: the service answers Indeterminate so clients fail over."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = one_line(reason)
+        super().__init__(self.reason)
+
+
 @dataclass(frozen=True)
 class MappingResult:
     """What ``lcmaps-run`` prints and the SCAS server turns into obligations."""
@@ -66,6 +77,7 @@ class MappingResult:
     sgids: tuple[int, ...] = ()
     poolindex: str | None = None
     reason: str | None = None
+    exhausted: bool = False  # denied because a pool had no free account
 
     @property
     def permitted(self) -> bool:
@@ -164,8 +176,17 @@ class Engine:
             return ctx.fail(f"plugin {module} not loaded")
         try:
             ok = plugin.verify(ctx) if ctx.verifying else plugin.run(ctx)
+        except GridmapDirError as exc:
+            if not exc.unavailable:
+                return ctx.fail(f"{module}: {exc}")
+            raise MappingUnavailable(f"{module}: {exc}") from None
+        except PluginUnavailable as exc:
+            raise MappingUnavailable(f"{module}: {exc.reason}") from None
         except OSError as exc:
-            ok = ctx.fail(f"{module}: {exc.strerror or exc}")
+            raise MappingUnavailable(f"{module}: {exc.strerror or exc}") from None
+        except Exception as exc:  # a plugin bug: not the user's fault, and not a policy
+            log.exception("plugin %s crashed", module)
+            raise MappingUnavailable(f"{module} crashed: {type(exc).__name__}") from None
         log.debug("plugin %s: %s", module, "success" if ok else "failure")
         return ok
 
@@ -191,7 +212,10 @@ def map_credential(
     requested: RequestedAccount | None = None,
     now: datetime | None = None,
 ) -> MappingResult:
-    """Run the engine and apply the return-account rule (exactly one UID, at
+    """Run the engine and apply the return-account rule. Raises :class:`MappingUnavailable`
+    for a fault (see :meth:`Engine._run_plugin`); every other outcome is a result.
+
+    The return-account rule (exactly one UID, at
     least one primary GID); in VERIFICATION mode the UID found must also be
     the requested one (LCMAPS' default ``LCMAPS_VERIFY_TYPE=uid``)."""
     request = Request(
@@ -205,7 +229,7 @@ def map_credential(
     )
     ctx = engine.run(request, policies)
     if ctx.reason is not None:
-        return MappingResult("deny", reason=ctx.reason)
+        return MappingResult("deny", reason=ctx.reason, exhausted=ctx.exhausted)
     data: CredentialData = ctx.data
     if len(data.uids) != 1:
         return MappingResult("deny", reason=f"found {len(data.uids)} uids, exactly 1 needed")

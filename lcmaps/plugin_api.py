@@ -21,13 +21,24 @@ from sitefiles.plugins import PluginInitError
 
 if TYPE_CHECKING:
     from credentials.credential import Credential
+    from leases.store import LeaseStore
 
 __all__ = [
-    "CredentialData", "Mode", "Plugin", "PluginInitError", "Request", "RequestedAccount",
-    "RunContext",
+    "CredentialData", "Mode", "Plugin", "PluginInitError", "PluginUnavailable", "Request",
+    "RequestedAccount", "RunContext",
 ]
 
 log = logging.getLogger("lcmaps")
+
+
+class PluginUnavailable(Exception):
+    """Something a plugin depends on failed (a lease store, an LDAP server): not a policy
+    outcome. The engine stops there, and the service answers Indeterminate so clients fail
+    over, instead of trying the next rule as C does for any failure."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = one_line(reason)
+        super().__init__(self.reason)
 
 
 class Mode(enum.Enum):
@@ -100,6 +111,7 @@ class RunContext:
     request: Request
     data: CredentialData = field(default_factory=CredentialData)
     reason: str | None = None  # why the last failing plugin failed
+    exhausted: bool = False  # a pool had no free account (a Deny, but not "no mapping")
 
     @property
     def dn(self) -> str:
@@ -136,6 +148,10 @@ class Plugin:
 
     def verify(self, ctx: RunContext) -> bool:
         return self.run(ctx)
+
+    def lease_stores(self) -> list[LeaseStore]:
+        """The lease stores this plugin writes, so ``/health`` probes the real ones."""
+        return []
 
     def terminate(self) -> None:
         """Release resources (connections); called by :meth:`Engine.close`."""

@@ -7,3 +7,31 @@ Out: a :class:`~leases.store.Lease` (the account and the lease name), or one
 Imports: nothing of ours but :mod:`safetext`. The LCMAPS pool plugins program against
 :class:`~leases.store.LeaseStore`; :func:`leases.store_for` gives the C-compatible gridmapdir.
 """
+
+from __future__ import annotations
+
+import os
+import threading
+
+from leases.store import LeaseStore
+
+__all__ = ["LeaseStore", "store_for"]
+
+_stores: dict[str, LeaseStore] = {}
+_lock = threading.Lock()
+
+
+def store_for(path: str | os.PathLike[str]) -> LeaseStore:
+    """The process's one lease store for ``path`` (today always the C-compatible gridmapdir).
+
+    One per path, kept for the life of the process: its inode cache is what makes a held
+    lease cost one ``lstat`` instead of a directory scan.
+    """
+    key = os.fspath(path)
+    with _lock:
+        store = _stores.get(key)
+        if store is None:
+            from leases.gridmapdir import GridmapDir
+
+            store = _stores[key] = GridmapDir(key, check=False)
+        return store

@@ -20,13 +20,23 @@ Every failure raises a subclass of ``GridmapDirError`` with a one-line
 message; ``PoolExhausted`` is the distinct "no free account" case.  A failed
 call leaves no lease behind that it created itself.
 
-What a killed process can leave behind: the only multi-step change is
-``link`` then ``lstat``/``utime``.  Killed after ``link``, the lease exists
-with link count 2 -- a complete, valid lease for that credential.  Killed
-while backing out of a race (link count 3), a second lease to the same
-account can survive until the other racer backs out or until the next
-acquire for either credential sees link count > 2 and reports it
-(``LeaseCorrupt``).  There is no half-written file: leases are empty.
+A first lease is made in three steps, so that a lease name becomes visible
+only once its account has been won (``docs/leases.md`` gives the rules and
+the argument that no interleaving hands one account to two credentials):
+
+1. *claim*: hard-link the free entry to a private name (``leases.claims``);
+2. *verify*: the claim's link count must be exactly 2 (entry + our claim);
+   more means another claimant: remove ours, rescan after a short back-off;
+3. *publish*: ``renameat2(claim, lease, RENAME_NOREPLACE)``, so the lease
+   appears with link count 2 in one step (link + unlink where the file
+   system lacks it); if the lease already exists, a concurrent request for
+   the same credential won: drop the claim and reuse that lease.
+
+A process killed after step 1 leaves a claim that blocks its entry until
+the claim is stale (``CLAIM_TIMEOUT``, or at once on this host when the
+process is gone); every scan and :meth:`GridmapDir.expire` remove stale
+claims. Killed after step 3, the lease is complete. Nothing is half-written:
+leases are empty files.
 
 Compatibility decisions
 -----------------------
@@ -43,26 +53,35 @@ Compatibility decisions
     (plus whatever stale tail C leaves).  Certificate DNs never contain raw
     non-ASCII (OpenSSL escapes them as ``\\xC3\\xBC``).
     ``encode_lease(..., c_signed_char=False)`` gives the clean ``%c3%bc``.
-(c) A lost race (link count > 2 right after our ``link``): C unlinks its new
-    lease and gives up, failing the request.  We do the same, then retry the
-    whole allocation up to ``race_retries`` times (default 3; 0 = exactly
-    C) before raising ``LeaseRace``.  Retrying never weakens the one-lease-
-    per-account invariant, it only avoids failing a request both racers lose.
-    Likewise a lease seen with link count > 2 is re-checked for a few ms
-    (another host may be backing out of a race) before ``LeaseCorrupt``.
+(c) A lost race: C links the lease name first and backs out when the count
+    exceeds 2, so its lease is briefly visible before it is won; ours never
+    is (the claim above). A lost claim is retried up to ``race_retries``
+    times before ``LeaseRace``; a scan that finds no free entry while some
+    are being claimed looks again rather than report an exhausted pool.
+    A lease seen with link count > 2 is re-checked for a few ms (a C writer
+    may be backing out of a race) before ``LeaseCorrupt``.
 (d) Verify mode is read-only here (C removes a solitary lease it meets while
     verifying; we leave it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
 import stat
 import threading
 import time
+from collections.abc import Callable
 
+from leases.claims import (
+    CLAIM_PREFIX,
+    CLAIM_TIMEOUT,
+    claim_is_stale,
+    new_claim_name,
+    rename_noreplace,
+)
 from leases.names import (
     encode_lease,
     in_pool,
@@ -118,7 +137,15 @@ class _Retry(Exception):
 
 
 class _Raced(Exception):
-    """Internal: link count > 2 after our link; our link was removed."""
+    """Internal: another claimant held the entry too; our claim was removed."""
+
+
+class _Busy(Exception):
+    """Internal: no free entry seen, but some were being claimed; look again."""
+
+
+#: the steps of a first lease, in order, as passed to the ``hook`` seam
+STEPS = ("free", "claimed", "verified", "published")
 
 
 class GridmapDir(LeaseStore):
@@ -128,14 +155,22 @@ class GridmapDir(LeaseStore):
     object keeps an inode -> entry-name cache so a held lease is found
     without scanning the directory; every cached name is re-checked with
     ``lstat`` before it is believed.  Safe to use from several threads and
-    processes at once (all coordination is in the file system).
+    processes at once: all coordination is in the file system, and the cache
+    is guarded by a lock.
+
+    ``hook(step, entry)`` is a test seam: it is called at each step of a first
+    lease (:data:`STEPS`), so a test can pause a thread or kill the process
+    exactly there.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, race_retries: int = 3, check: bool = True
-    ) -> None:
+        self, path: str | os.PathLike[str], *, race_retries: int = 8, check: bool = True,
+        claim_timeout: float = CLAIM_TIMEOUT, hook: Callable[[str, str], None] | None = None,
+    ) -> None:  # fmt: skip
         self.path = os.fspath(path)
         self.race_retries = race_retries
+        self.claim_timeout = claim_timeout
+        self.hook = hook
         self._inodes: dict[int, str] = {}
         self._lock = threading.Lock()
         if check:
@@ -143,6 +178,10 @@ class GridmapDir(LeaseStore):
 
     def __repr__(self) -> str:
         return f"GridmapDir({self.path!r})"
+
+    @property
+    def location(self) -> str:
+        return self.path
 
     # -- helpers ---------------------------------------------------------------
 
@@ -159,8 +198,33 @@ class GridmapDir(LeaseStore):
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise GridmapDirUnusable(f"gridmapdir {self.path} is not writable")
 
+    def probe(self) -> None:
+        """Create, fill, link and remove a probe file: what a lease needs, done for real.
+
+        ``os.access`` says yes on a full or read-only-remounted file system; this does not.
+        """
+        self.check()
+        probe = self._p(new_claim_name().replace(CLAIM_PREFIX, ".probe.", 1))
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, b"\0" * 512)
+            finally:
+                os.close(fd)
+            os.link(probe, probe + ".l")
+            os.unlink(probe + ".l")
+        except OSError as exc:
+            raise GridmapDirUnusable(f"gridmapdir {self.path}: {exc.strerror}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+
     def _p(self, name: str) -> str:
         return os.path.join(self.path, name)
+
+    def _step(self, step: str, entry: str) -> None:
+        if self.hook is not None:
+            self.hook(step, entry)
 
     def _lstat(self, name: str) -> os.stat_result | None:
         try:
@@ -177,7 +241,7 @@ class GridmapDir(LeaseStore):
             return LeaseArgumentError(f"lease name too long ({what})")
         if exc.errno == errno.ENOENT and not os.path.isdir(self.path):
             return GridmapDirUnusable(f"gridmapdir {self.path} does not exist")
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
             return GridmapDirUnusable(f"gridmapdir {self.path}: {what}: {exc.strerror}")
         return GridmapDirError(f"gridmapdir {self.path}: {what}: {exc.strerror}")
 
@@ -262,7 +326,7 @@ class GridmapDir(LeaseStore):
         for attempt in range(self.race_retries + 1):
             try:
                 return self._pool_mapping(pool, name, strict_prefix, override_inconsistency)
-            except _Raced:
+            except (_Raced, _Busy):
                 if attempt < self.race_retries:
                     time.sleep(random.uniform(0.0005, 0.005) * (attempt + 1))
         raise LeaseRace(f"lost the race for a free account in pool .{pool} for lease {name}")
@@ -273,37 +337,49 @@ class GridmapDir(LeaseStore):
                 st = self._lstat(name)
                 if st is not None:
                     if st.st_nlink > 2 and attempt < 3 and stat.S_ISREG(st.st_mode):
-                        # Maybe two hosts racing for this lease's account right
-                        # now (one will back out); only persistent is corrupt.
+                        # A C writer backing out of a race, or one of ours between link and
+                        # unlink of its claim: only a persistent count > 2 is corrupt.
                         time.sleep(0.002 * (attempt + 1))
                         continue
                     self._check_lease_stat(name, st)
                     if st.st_nlink == 1:
                         self._unlink(name)  # solitary lease: its account is gone
                     else:
-                        other = self._other_link(name, st)
-                        if other is None:
-                            raise _Retry  # other link vanished: now solitary
-                        if in_pool(other, pool, strict):
-                            self._touch(name)
-                            return Lease(other, name, reused=True)
-                        if not override:
-                            raise WrongPool(
-                                f"lease {name} points to {other}, which is not in pool .{pool}"
-                            )
-                        self._unlink(name)
+                        return self._reuse(pool, name, st, strict, override)
                 return self._allocate(pool, name, strict)
             except _Retry:
                 continue
         raise LeaseRace(f"lease {name} keeps changing under us")
 
+    def _reuse(
+        self, pool: str, name: str, st: os.stat_result, strict: bool, override: bool
+    ) -> Lease:
+        other = self._other_link(name, st)
+        if other is None:
+            raise _Retry  # other link vanished: now solitary
+        if other.startswith(CLAIM_PREFIX):
+            time.sleep(0.001)
+            raise _Retry  # a fallback publish between its link and unlink
+        if in_pool(other, pool, strict):
+            self._touch(name)
+            return Lease(other, name, reused=True)
+        if not override:
+            raise WrongPool(f"lease {name} points to {other}, which is not in pool .{pool}")
+        self._unlink(name)
+        return self._allocate(pool, name, strict)
+
     def _allocate(self, pool: str, name: str, strict: bool) -> Lease:
-        """First free entry of the pool in raw readdir order, linked to ``name``."""
+        """The first free entry of the pool in raw readdir order, won and published as ``name``."""
         seen: dict[int, str] = {}
+        claimed: set[int] = set()
+        busy: list[int] = []
         try:
             with os.scandir(self.path) as it:
                 for entry in it:
                     ent = entry.name
+                    if ent.startswith(CLAIM_PREFIX):
+                        self._note_claim(ent, entry.inode(), claimed)
+                        continue
                     if not is_candidate_entry(ent) or not in_pool(ent, pool, strict):
                         continue
                     seen[entry.inode()] = ent
@@ -311,9 +387,14 @@ class GridmapDir(LeaseStore):
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
-                    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                    if not stat.S_ISREG(st.st_mode):
                         continue
-                    lease = self._link(ent, st, name)
+                    if st.st_nlink > 2:
+                        busy.append(st.st_ino)
+                    if st.st_nlink != 1:
+                        continue
+                    self._step("free", ent)
+                    lease = self._take(ent, st, name)
                     if lease is not None:
                         return lease
         except OSError as exc:
@@ -321,38 +402,71 @@ class GridmapDir(LeaseStore):
         finally:
             with self._lock:
                 self._inodes.update(seen)
+        if busy or any(ino in claimed for ino in seen):
+            raise _Busy  # entries still being claimed may come free again
         raise PoolExhausted(f"no free account in pool .{pool} (gridmapdir {self.path})")
 
-    def _link(self, ent: str, st: os.stat_result, name: str) -> Lease | None:
-        """Link free entry ``ent`` to lease ``name``; None = entry unusable, try the next."""
+    def _note_claim(self, ent: str, ino: int, claimed: set[int]) -> None:
+        """Remember a live claim's inode (its entry is in flux); remove a stale one."""
+        if claim_is_stale(ent, timeout=self.claim_timeout):
+            with contextlib.suppress(OSError):
+                os.unlink(self._p(ent))
+        else:
+            claimed.add(ino)
+
+    def _take(self, ent: str, st: os.stat_result, name: str) -> Lease | None:
+        """Win free entry ``ent`` under a private claim, then publish the claim as ``name``.
+
+        None: the entry is not usable by us (not writable, gone); try the next one.
+        Raises _Raced when someone else claimed it too, _Retry when lease ``name`` appeared.
+        """
         src = self._p(ent)
         try:
             fd = os.open(src, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
         except OSError:
             return None  # not writable for us (or gone): C skips it too
         os.close(fd)
+        claim = new_claim_name()
         try:
-            os.link(src, self._p(name))
-        except FileExistsError:
-            raise _Retry from None  # the lease appeared meanwhile: reuse path
+            os.link(src, self._p(claim))
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise self._oserror(exc, f"cannot link {ent} to {name}") from None
-        new = self._lstat(name)
-        if new is None:
-            raise _Retry
-        if new.st_ino != st.st_ino:
-            raise _Retry  # replaced by another process; not ours to remove
-        if new.st_nlink == 2:
-            self._touch(name)
-            with self._lock:
-                self._inodes[new.st_ino] = ent
-            return Lease(ent, name, reused=False)
-        self._unlink(name)
-        if new.st_nlink > 2:
-            raise _Raced
-        raise GridmapDirError(f"pool entry {ent} vanished while leasing it")
+            raise self._oserror(exc, f"cannot claim {ent}") from None
+        published = False
+        try:
+            self._step("claimed", ent)
+            cst = self._lstat(claim)
+            if cst is None or cst.st_ino != st.st_ino or cst.st_nlink > 2:
+                raise _Raced  # swept, replaced, or claimed by another: back out
+            if cst.st_nlink < 2:
+                return None  # the entry was removed meanwhile
+            self._step("verified", ent)
+            self._publish(claim, name)
+            published = True
+        finally:
+            if not published:
+                self._unlink(claim)
+        self._step("published", ent)
+        self._touch(name)
+        with self._lock:
+            self._inodes[st.st_ino] = ent
+        return Lease(ent, name, reused=False)
+
+    def _publish(self, claim: str, name: str) -> None:
+        """Give the won entry its lease name; _Retry if the lease appeared meanwhile."""
+        src, dst = self._p(claim), self._p(name)
+        try:
+            if rename_noreplace(src, dst):
+                return
+            os.link(src, dst)  # no renameat2 here: link, then drop the claim
+        except FileExistsError:
+            raise _Retry from None
+        except FileNotFoundError:
+            raise _Raced from None  # our claim was swept as stale: start over
+        except OSError as exc:
+            raise self._oserror(exc, f"cannot publish lease {name}") from None
+        self._unlink(claim)
 
     def _requested(
         self, pool: str, name: str, account: str, strict: bool, override: bool
@@ -374,7 +488,7 @@ class GridmapDir(LeaseStore):
             else:
                 self._unlink(name)
         try:
-            lease = self._link(account, est, name)
+            lease = self._take(account, est, name)
         except _Retry:
             raise EntryTaken(f"lease {name} was created concurrently") from None
         except _Raced:
@@ -492,6 +606,7 @@ class GridmapDir(LeaseStore):
         same window the classic cron clean-up has).
         """
         cutoff = (time.time() if now is None else now) - max_age
+        self.sweep_claims()
         removed: list[LeaseInfo] = []
         for info in self.leases():
             if info.mtime >= cutoff:
@@ -501,6 +616,21 @@ class GridmapDir(LeaseStore):
                 continue
             self._unlink(info.name)
             removed.append(info)
+        return removed
+
+    def sweep_claims(self) -> list[str]:
+        """Remove stale claims (left by killed processes); return their names."""
+        removed: list[str] = []
+        try:
+            with os.scandir(self.path) as it:
+                names = [e.name for e in it if e.name.startswith(CLAIM_PREFIX)]
+        except OSError as exc:
+            raise self._oserror(exc, "cannot read directory") from None
+        for name in names:
+            if claim_is_stale(name, timeout=self.claim_timeout):
+                with contextlib.suppress(FileNotFoundError):
+                    self._unlink(name)
+                    removed.append(name)
         return removed
 
     def pool_entries(self, pool: str, *, strict_prefix: bool = True) -> list[tuple[str, bool]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 from safetext import one_line
 
@@ -18,7 +19,15 @@ MAX_MAPPINGS_LIMIT = 9999
 
 
 class GridmapDirError(Exception):
-    """Base class: no lease could be made or checked.  One-line message."""
+    """Base class: no lease could be made or checked.  One-line message.
+
+    ``unavailable`` tells the two kinds apart across the plugin boundary: True for a fault
+    of the store (I/O error, out of space, unusable directory, a race lost after retries),
+    which the service answers Indeterminate so clients fail over; False for a policy
+    outcome (pool exhausted, account taken), which is a Deny on every replica alike.
+    """
+
+    unavailable: ClassVar[bool] = True
 
     def __init__(self, message: str) -> None:
         super().__init__(one_line(message))
@@ -31,13 +40,19 @@ class GridmapDirUnusable(GridmapDirError):
 class LeaseArgumentError(GridmapDirError):
     """Bad arguments: mapcounter out of range, requested account not in the pool."""
 
+    unavailable = False
+
 
 class PoolExhausted(GridmapDirError):
     """Every account of the pool is leased (C: "no pool-entry available")."""
 
+    unavailable = False
+
 
 class WrongPool(GridmapDirError):
     """The credential's lease points to an account outside the requested pool."""
+
+    unavailable = False
 
 
 class LeaseCorrupt(GridmapDirError):
@@ -51,13 +66,19 @@ class LeaseRace(GridmapDirError):
 class EntryTaken(GridmapDirError):
     """The requested account is leased to another credential."""
 
+    unavailable = False
+
 
 class NoSuchEntry(GridmapDirError):
     """The requested account has no entry in the gridmapdir."""
 
+    unavailable = False
+
 
 class LeaseNotFound(GridmapDirError):
     """Verify mode: the credential holds no lease on the requested account."""
+
+    unavailable = False
 
 
 # --- store interface -------------------------------------------------------
@@ -129,6 +150,15 @@ class LeaseStore(ABC):
     @abstractmethod
     def leases(self) -> list[LeaseInfo]:
         """All leases (files whose name starts with ``%``)."""
+
+    @abstractmethod
+    def probe(self) -> None:
+        """Raise GridmapDirUnusable unless a lease could be written now (a real write)."""
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the leases live, for health reports and logs."""
 
     @abstractmethod
     def expire(self, max_age: float, *, now: float | None = None) -> list[LeaseInfo]:

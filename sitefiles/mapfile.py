@@ -57,6 +57,19 @@ Kind = Literal["pool", "local", "any"]
 _BLANKS = b" \t"
 
 
+GRID_SECURITY = "/etc/grid-security"
+
+
+def default_gridmapfile() -> str:
+    """``$GRIDMAP`` (or the GLOBUSMAP spellings C also reads), else the system grid-mapfile."""
+    for var in ("GRIDMAP", "GLOBUSMAP", "globusmap", "GlobusMap"):
+        value = os.environ.get(var)
+        if value:
+            return value
+    return f"{GRID_SECURITY}/grid-mapfile"
+
+
+
 class MapfileError(Exception):
     """Base class: the mapfile cannot be used.  The message is one line."""
 

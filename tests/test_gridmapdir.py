@@ -425,24 +425,18 @@ def test_lost_race_unlinks_and_gives_up_like_c(tmp_path: Path) -> None:
 
 
 def test_lease_appearing_during_allocation_is_reused(tmp_path: Path) -> None:
+    """The same DN leased by another request between our claim and our publish: we drop
+    our claim and reuse that lease, so both requests are told the same account."""
     d = make_dir(tmp_path, "opool001", "opool002")
-    gmd = GridmapDir(d)
-    real_link = os.link
-    calls = []
 
-    def concurrent_same_dn(src: str, dst: str) -> None:
-        if not calls:  # the same DN leased by another process first (EEXIST)
-            calls.append(dst)
-            real_link(d / "opool002", dst)
-        real_link(src, dst)
+    def same_dn_elsewhere(step: str, entry: str) -> None:
+        if step == "verified":
+            os.link(d / "opool002", d / encode_lease(ALICE))
 
-    os.link = concurrent_same_dn  # type: ignore[assignment]
-    try:
-        lease = gmd.acquire("opool", ALICE)
-    finally:
-        os.link = real_link
+    lease = GridmapDir(d, hook=same_dn_elsewhere).acquire("opool", ALICE)
     assert lease.account == "opool002" and lease.reused
     assert nlink(d / "opool001") == 1
+    assert not [n for n in os.listdir(d) if n.startswith(".")]
 
 
 def test_list_release_expire(tmp_path: Path) -> None:

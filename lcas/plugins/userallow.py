@@ -12,21 +12,11 @@ list refuses everybody.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from lcas.plugin_api import Plugin, Request, Verdict
 from lcas.plugins._dnlist import DnList, lookup, parse_list_args
-
-DEFAULT_GRIDMAPFILE = "/etc/grid-security/grid-mapfile"
-
-
-def default_gridmapfile() -> str:
-    for var in ("GRIDMAP", "GLOBUSMAP", "globusmap", "GlobusMap"):
-        value = os.environ.get(var)
-        if value:
-            return value
-    return DEFAULT_GRIDMAPFILE
+from sitefiles.mapfile import default_gridmapfile
 
 
 class UserAllow(Plugin):

@@ -6,6 +6,8 @@ import os
 
 from lcmaps import accounts
 from lcmaps.plugin_api import PluginInitError, RunContext
+from leases.store import GridmapDirError, PoolExhausted
+from sitefiles.mapfile import GRID_SECURITY
 
 GRIDMAPFILE_OPTS = ("-gridmapfile", "-GRIDMAPFILE", "-gridmap", "-GRIDMAP")
 GRIDMAPDIR_OPTS = ("-gridmapdir", "-GRIDMAPDIR")
@@ -14,7 +16,16 @@ NO_WILDCARD_OPTS = (
     "-no_wildcard", "-disablewildcard", "--disablewildcard",
     "-disablewildcards", "--disablewildcards",
 )
-GRID_SECURITY = "/etc/grid-security"
+
+
+def lease_failure(ctx: RunContext, plugin: str, exc: GridmapDirError) -> bool:
+    """A lease-store fault goes up to the engine (Indeterminate); a policy outcome, such as
+    an exhausted pool, fails the plugin like C."""
+    if exc.unavailable:
+        raise exc
+    if isinstance(exc, PoolExhausted):
+        ctx.exhausted = True
+    return ctx.fail(f"{plugin}: {exc}")
 
 
 def prefixed_file(name: str, plugin: str, opt: str) -> str:
@@ -26,14 +37,6 @@ def prefixed_file(name: str, plugin: str, opt: str) -> str:
         return name
     return f"{GRID_SECURITY}/{name}"
 
-
-def default_gridmapfile() -> str:
-    """$GRIDMAP (or the GLOBUSMAP spellings) else the system grid-mapfile."""
-    for var in ("GRIDMAP", "GLOBUSMAP", "globusmap", "GlobusMap"):
-        value = os.environ.get(var)
-        if value:
-            return value
-    return f"{GRID_SECURITY}/grid-mapfile"
 
 
 def requested_username(ctx: RunContext, plugin: str) -> tuple[bool, str | None]:

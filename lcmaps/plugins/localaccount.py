@@ -13,12 +13,12 @@ from lcmaps.plugin_api import Plugin, RunContext
 from lcmaps.plugins._common import (
     GRIDMAPFILE_OPTS,
     add_account,
-    default_gridmapfile,
     prefixed_file,
     register_dn,
     requested_username,
 )
 from sitefiles import mapfile
+from sitefiles.mapfile import default_gridmapfile
 from sitefiles.plugins import ArgWalker
 
 NAME = "lcmaps_localaccount"

@@ -21,32 +21,24 @@ from lcmaps.plugins._common import (
     NO_WILDCARD_OPTS,
     OVERRIDE_OPTS,
     add_account,
-    default_gridmapfile,
+    lease_failure,
     prefixed_file,
     register_dn,
     requested_username,
 )
-from leases.gridmapdir import GridmapDir
+from leases import LeaseStore, store_for
 from leases.store import MAX_MAPPINGS_LIMIT, GridmapDirError
 from sitefiles import mapfile
+from sitefiles.mapfile import default_gridmapfile
 from sitefiles.plugins import ArgWalker, parse_int, parse_yes_no
 
 NAME = "lcmaps_poolaccount"
 
 
-_stores: dict[str, GridmapDir] = {}
-
-
-def gridmapdir_for(path: str | None, plugin: str) -> GridmapDir | None:
-    """The process's one GridmapDir for ``path``: its inode cache is what makes a held
-    lease cheap (one lstat) instead of a directory scan, so it must outlive the request."""
+def gridmapdir_for(path: str | None) -> LeaseStore | None:
+    """The lease store of ``-gridmapdir`` (else ``$GRIDMAPDIR``), or None when neither is set."""
     path = path or os.environ.get("GRIDMAPDIR")
-    if not path:
-        return None
-    store = _stores.get(path)
-    if store is None:
-        store = _stores.setdefault(path, GridmapDir(path, check=False))
-    return store
+    return store_for(path) if path else None
 
 
 class PoolAccount(Plugin):
@@ -81,12 +73,16 @@ class PoolAccount(Plugin):
             else:
                 args.unknown()
 
+    def lease_stores(self) -> list[LeaseStore]:
+        store = gridmapdir_for(self.gridmapdir)
+        return [store] if store is not None else []
+
     def run(self, ctx: RunContext) -> bool:
         dn = register_dn(ctx)
         ok, req = requested_username(ctx, NAME)
         if not ok:
             return False
-        gmd = gridmapdir_for(self.gridmapdir, NAME)
+        gmd = gridmapdir_for(self.gridmapdir)
         if gmd is None:
             return ctx.fail(f"{NAME}: no gridmapdir (use -gridmapdir or $GRIDMAPDIR)")
         path = self.gridmapfile or default_gridmapfile()
@@ -108,7 +104,7 @@ class PoolAccount(Plugin):
                                     strict_prefix=self.strict,
                                     override_inconsistency=self.override)
         except GridmapDirError as exc:
-            return ctx.fail(f"{NAME}: {exc}")
+            return lease_failure(ctx, NAME, exc)
         if not add_account(ctx, lease.account, NAME):
             return False
         ctx.data.set_poolindex(lease.name)

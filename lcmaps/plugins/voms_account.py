@@ -21,15 +21,17 @@ from lcmaps.plugins._common import (
     OVERRIDE_OPTS,
     GidFlags,
     add_account,
-    default_gridmapfile,
+    lease_failure,
     prefixed_file,
     register_dn,
     requested_username,
 )
 from lcmaps.plugins.poolaccount import gridmapdir_for
+from leases import LeaseStore
 from leases.names import lease_string
 from leases.store import MAX_MAPPINGS_LIMIT, GridmapDirError, PoolExhausted
 from sitefiles import mapfile
+from sitefiles.mapfile import default_gridmapfile
 from sitefiles.plugins import ArgWalker, parse_int, parse_yes_no
 
 
@@ -79,6 +81,10 @@ class _VomsAccount(Plugin):
             else:
                 args.unknown()
         self.pgid_bits, self.add_sgids = flags.resolve()
+
+    def lease_stores(self) -> list[LeaseStore]:
+        store = gridmapdir_for(self.gridmapdir) if self.pool else None
+        return [store] if store is not None else []
 
     def _finish(self, ctx: RunContext, account: str) -> bool:
         return add_account(ctx, account, self.label, pgid=self.pgid_bits, sgids=self.add_sgids)
@@ -132,7 +138,7 @@ class VomsPoolAccount(_VomsAccount):
             return ctx.fail(f"{self.label}: no primary gid in the credential and one is required")
         gids = list(ctx.data.pgids) + (list(ctx.data.sgids) if self.use_sgids_in_lease else [])
         leasename = lease_string(dn, _group_names(gids))
-        gmd = gridmapdir_for(self.gridmapdir, self.label)
+        gmd = gridmapdir_for(self.gridmapdir)
         if gmd is None:
             return ctx.fail(f"{self.label}: no gridmapdir (use -gridmapdir or $GRIDMAPDIR)")
         path = self.gridmapfile or default_gridmapfile()
@@ -151,9 +157,12 @@ class VomsPoolAccount(_VomsAccount):
                                         strict_prefix=self.strict,
                                         override_inconsistency=self.override)
             except PoolExhausted:
+                ctx.exhausted = True
                 continue
-            except (mapfile.MapfileError, GridmapDirError) as exc:
+            except mapfile.MapfileError as exc:
                 return ctx.fail(f"{self.label}: {exc}")
+            except GridmapDirError as exc:
+                return lease_failure(ctx, self.label, exc)
             if not self._finish(ctx, lease.account):
                 return False
             ctx.data.set_poolindex(lease.name)

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 
 from lcmaps import accounts
 from lcmaps.plugin_api import Plugin, PluginInitError, RunContext
-from lcmaps.plugins._common import OVERRIDE_OPTS, prefixed_file
+from lcmaps.plugins._common import OVERRIDE_OPTS, lease_failure, prefixed_file
 from lcmaps.plugins.poolaccount import gridmapdir_for
-from leases.store import GridmapDirError, PoolExhausted
+from leases import LeaseStore, store_for
+from leases.store import GridmapDirError, LeaseArgumentError, PoolExhausted
 from sitefiles import mapfile
 from sitefiles.plugins import ArgWalker, parse_int, parse_yes_no
 
@@ -63,6 +64,10 @@ class _VomsGroup(Plugin):
     def _group_for(self, ctx: RunContext, fqan: str) -> str | None:
         raise NotImplementedError
 
+    def lease_stores(self) -> list[LeaseStore]:
+        path = (self.groupmapdir or os.environ.get("GROUPMAPDIR")) if self.pool else None
+        return [store_for(path)] if path else []
+
     def run(self, ctx: RunContext) -> bool:
         fqans = ctx.fqans
         if not fqans:
@@ -71,8 +76,10 @@ class _VomsGroup(Plugin):
         for i, fqan in enumerate(fqans):
             try:
                 group = self._group_for(ctx, fqan)
-            except (mapfile.MapfileError, GridmapDirError) as exc:
+            except mapfile.MapfileError as exc:
                 return ctx.fail(f"{self.label}: {exc}")
+            except GridmapDirError as exc:
+                return lease_failure(ctx, self.label, exc)
             if group is None:
                 if self.mapall:
                     return ctx.fail(f"{self.label}: no group for FQAN {i + 1} '{fqan}'")
@@ -114,8 +121,8 @@ class VomsPoolGroup(_VomsGroup):
             return None
         path = self.groupmapdir or os.environ.get("GROUPMAPDIR")
         if not path:
-            raise GridmapDirError("no groupmapdir (use -groupmapdir or $GROUPMAPDIR)")
-        gmd = gridmapdir_for(path, self.label)
+            raise LeaseArgumentError("no groupmapdir (use -groupmapdir or $GROUPMAPDIR)")
+        gmd = gridmapdir_for(path)
         assert gmd is not None
         try:
             if ctx.verifying:
@@ -124,4 +131,5 @@ class VomsPoolGroup(_VomsGroup):
             return gmd.acquire(m.pool, fqan, strict_prefix=self.strict,
                                override_inconsistency=self.override).account
         except PoolExhausted:
+            ctx.exhausted = True
             return None
