@@ -96,10 +96,6 @@ class Credential:
         return oneline(self.end_entity.subject)
 
     @property
-    def identity_issuer(self) -> str:
-        return oneline(self.end_entity.issuer)
-
-    @property
     def proxy_depth(self) -> int:
         return self.identity_index
 

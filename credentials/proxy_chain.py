@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPub
 from OpenSSL import crypto
 
 from credentials.chain_cache import Verdict, VerdictCache, chain_key, watch_files
-from credentials.dn import oid_to_dotted, oneline, read_tlv
+from credentials.dn import DNError, oid_to_dotted, oneline, read_tlv
 from credentials.errors import (
     Expired,
     LifetimeExceeded,
@@ -51,7 +51,6 @@ __all__ = ["ProxyPolicy", "ProxyType", "classify", "subject_hash", "verify_chain
 OID_PROXY_CERT_INFO = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14")
 OID_PROXY_CERT_INFO_GT3 = x509.ObjectIdentifier("1.3.6.1.4.1.3536.1.222")
 OID_POLICY_INHERIT_ALL = "1.3.6.1.5.5.7.21.1"
-OID_POLICY_INDEPENDENT = "1.3.6.1.5.5.7.21.2"
 OID_POLICY_LIMITED = "1.3.6.1.4.1.3536.1.1.1.9"
 _LEGACY_CNS = {"proxy": False, "limited proxy": True}
 
@@ -100,6 +99,13 @@ def _der_int(body: bytes) -> int:
 
 def _parse_proxy_cert_info(value: bytes) -> tuple[int | None, str]:
     """(pCPathLenConstraint, policy language OID) from ProxyCertInfo DER."""
+    try:
+        return _proxy_cert_info(value)
+    except DNError as exc:  # bad DER inside the extension: the certificate is malformed
+        raise MalformedCredential(f"ProxyCertInfo is not valid DER: {exc}") from None
+
+
+def _proxy_cert_info(value: bytes) -> tuple[int | None, str]:
     tag, pos, _ = read_tlv(value, 0)
     if tag != 0x30:
         raise MalformedCredential("ProxyCertInfo is not a SEQUENCE")

@@ -11,8 +11,14 @@ Behaviour of liblcas 1.3.19 that this copies (checked with the oracle):
 
 A malformed lcas.db is different: :func:`load_chain` raises
 :class:`LcasConfigError` (``file:line: reason``) and nothing is built.
-A plugin that raises while deciding denies (fail closed); the traceback
-goes to the log.
+
+A plugin that cannot decide is a fault, not a deny (this differs from C,
+which denies): a plugin raising :class:`LcasUnavailable`, any ``OSError``
+(an unreadable ban or allow file) or any other exception (a crash, whose
+traceback goes to the log) makes :meth:`Chain.authorize` raise
+:class:`LcasUnavailable` naming the plugin, and the service answers
+Indeterminate so clients fail over. A refusal by an earlier plugin still
+wins: later plugins are not asked.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from lcas.db import DbEntry, LcasConfigError, LcasDbError, load_db
-from lcas.plugin_api import Plugin, PluginInitError, Request, Verdict
+from lcas.plugin_api import LcasUnavailable, Plugin, PluginInitError, Request, Verdict
 from safetext import one_line
 from sitefiles.plugins import load_plugin_class
 
@@ -37,6 +43,7 @@ __all__ = [
     "Chain",
     "LcasConfigError",
     "LcasDbError",
+    "LcasUnavailable",
     "LoadedPlugin",
     "authorize",
     "build_chain",
@@ -85,7 +92,10 @@ class Chain:
         return tuple((p.name, p.init_error) for p in self.plugins if p.init_error is not None)
 
     def authorize(self, request: Request) -> Verdict:
-        """AND over all plugins; the first refusal is returned with the plugin's name."""
+        """AND over all plugins; the first refusal is returned with the plugin's name.
+
+        Raises :class:`LcasUnavailable` (``"<plugin>: <why>"``, one line) when a plugin
+        cannot decide: it raised LcasUnavailable, an ``OSError`` or crashed."""
         failures = self.init_failures
         if failures:
             name, reason = failures[0]
@@ -94,11 +104,7 @@ class Chain:
             return Verdict.deny(NO_MODULES)
         for loaded in self.plugins:
             assert loaded.plugin is not None
-            try:
-                verdict = loaded.plugin.authorize(request)
-            except Exception as exc:  # fail closed, whatever the plugin did
-                log.exception("LCAS plugin %s raised", one_line(loaded.name))
-                return Verdict.deny(f"internal error: {type(exc).__name__}: {exc}", loaded.name)
+            verdict = _ask(loaded.name, loaded.plugin, request)
             if not verdict.allowed:
                 log.info("LCAS plugin %s refused %s: %s", one_line(loaded.name),
                          one_line(request.dn), verdict.reason)
@@ -112,6 +118,21 @@ class Chain:
                     loaded.plugin.terminate()
                 except Exception:
                     log.exception("LCAS plugin %s failed to terminate", one_line(loaded.name))
+
+
+def _ask(name: str, plugin: Plugin, request: Request) -> Verdict:
+    """``plugin.authorize(request)``, with every fault raised as LcasUnavailable."""
+    try:
+        return plugin.authorize(request)
+    except LcasUnavailable as exc:
+        raise LcasUnavailable(f"{name}: {exc.reason}") from None
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        raise LcasUnavailable(f"{name}: {where}{exc.strerror or exc}") from None
+    except Exception as exc:  # a plugin bug: neither the user's fault nor a policy
+        log.exception("LCAS plugin %s crashed", one_line(name))
+        raise LcasUnavailable(
+            f"{name} crashed: {type(exc).__name__}: {one_line(exc, 200)}") from None
 
 
 def _init_plugin(entry: DbEntry, db_dir: str) -> LoadedPlugin:

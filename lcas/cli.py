@@ -10,8 +10,17 @@ defaults ``$X509_CERT_DIR`` / ``$X509_VOMS_DIR``, else /etc/grid-security/...);
 a credential that fails verification is a deny. ``--now`` fixes the clock
 (timeslots, certificate lifetimes) for testing.
 
-Exit 0 allow, 1 deny, 2 error (usage, unreadable credential, malformed
-lcas.db: ``file:line: reason`` on stderr and no plugin is run).
+Exit codes:
+
+* 0 allow;
+* 1 deny (a plugin refused, no plugins configured, a plugin failed to
+  initialise, the credential failed verification);
+* 2 error, one line on stderr (and, with ``--json``, ``{"decision": "error",
+  "reason": ...}`` on stdout, except for argparse usage errors): bad usage,
+  an unreadable credential, a malformed lcas.db (``file:line: reason``, no
+  plugin is run), or no decision because a plugin failed while deciding (an
+  unreadable or broken ban, allow or auth file, a crash):
+  ``LCAS unavailable: <plugin>: <why>``.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 
-from lcas.plugin_api import Verdict
+from lcas.plugin_api import LcasUnavailable, Verdict
 from safetext import one_line
 
 
@@ -106,7 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 refused = Verdict.deny(f"credential refused: {exc.reason}")
                 return _report(refused, dn, (), args.json)
             fqans = credential.fqans
-        verdict = authorize(chain, dn, fqans, credential=credential, now=now)
+        try:
+            verdict = authorize(chain, dn, fqans, credential=credential, now=now)
+        except LcasUnavailable as exc:
+            return _error(f"LCAS unavailable: {exc.reason}", args.json)
         return _report(verdict, dn, fqans, args.json)
     finally:
         chain.close()

@@ -6,6 +6,10 @@ A plugin class is constructed with the argv C LCAS would give it
 arguments it cannot use. :meth:`Plugin.authorize` is then called many times,
 possibly from several threads, so plugins keep no per-request state.
 
+A plugin answers a policy question with a :class:`Verdict`; when it cannot
+answer (its file is unreadable or broken, a dependency failed) it raises
+:class:`LcasUnavailable` or lets the ``OSError`` propagate, never a deny.
+
 Relative file names in plugin arguments are resolved against the directory
 holding lcas.db (``db_dir``), where the shipped examples keep them.
 """
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CachedFile",
+    "LcasUnavailable",
     "Plugin",
     "PluginInitError",
     "Request",
@@ -36,6 +41,17 @@ __all__ = [
 ]
 
 log = logging.getLogger("lcas")
+
+
+class LcasUnavailable(Exception):
+    """No decision could be made: a plugin's file or dependency failed, or a plugin crashed.
+
+    Not a deny: a deny stops clients from failing over to another SCAS replica, so the
+    service answers Indeterminate for this. ``reason`` is one line (it may name files)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = one_line(reason)
+        super().__init__(self.reason)
 
 
 @dataclass(frozen=True)
@@ -98,7 +114,7 @@ class CachedFile(Generic[T]):
     """A file parsed once and re-parsed when it changes on disk.
 
     ``get()`` raises ``OSError`` when the file cannot be read and whatever
-    ``parse`` raises for bad contents; callers turn both into a deny.
+    ``parse`` raises for bad contents; callers turn both into :class:`LcasUnavailable`.
     """
 
     def __init__(self, path: str, parse: Callable[[bytes, str], T]) -> None:

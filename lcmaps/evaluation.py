@@ -171,9 +171,7 @@ class Engine:
         return None, None, pidx
 
     def _run_plugin(self, module: str, ctx: RunContext) -> bool:
-        plugin = self.plugins.get(module)
-        if plugin is None:  # cannot happen for a db built by policy_db
-            return ctx.fail(f"plugin {module} not loaded")
+        plugin = self.plugins[module]  # policy_db checked every state names a module
         try:
             ok = plugin.verify(ctx) if ctx.verifying else plugin.run(ctx)
         except GridmapDirError as exc:

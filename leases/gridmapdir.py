@@ -372,11 +372,15 @@ class GridmapDir(LeaseStore):
         """The first free entry of the pool in raw readdir order, won and published as ``name``."""
         seen: dict[int, str] = {}
         claimed: set[int] = set()
-        busy: list[int] = []
+        leased: set[int] = set()  # inodes a lease name points to
+        linked: list[os.stat_result] = []  # pool entries not free
         try:
             with os.scandir(self.path) as it:
                 for entry in it:
                     ent = entry.name
+                    if ent.startswith("%"):
+                        leased.add(entry.inode())
+                        continue
                     if ent.startswith(CLAIM_PREFIX):
                         self._note_claim(ent, entry.inode(), claimed)
                         continue
@@ -389,9 +393,8 @@ class GridmapDir(LeaseStore):
                         continue
                     if not stat.S_ISREG(st.st_mode):
                         continue
-                    if st.st_nlink > 2:
-                        busy.append(st.st_ino)
                     if st.st_nlink != 1:
+                        linked.append(st)
                         continue
                     self._step("free", ent)
                     lease = self._take(ent, st, name)
@@ -402,17 +405,36 @@ class GridmapDir(LeaseStore):
         finally:
             with self._lock:
                 self._inodes.update(seen)
-        if busy or any(ino in claimed for ino in seen):
+        if self._in_flux(linked, leased, claimed):
             raise _Busy  # entries still being claimed may come free again
+        if self._lstat(name) is not None:
+            raise _Retry  # a request for the same credential took the last entry: reuse it
         raise PoolExhausted(f"no free account in pool .{pool} (gridmapdir {self.path})")
 
+    def _in_flux(
+        self, linked: list[os.stat_result], leased: set[int], claimed: set[int]
+    ) -> bool:
+        """Whether a taken entry may be about to come free, so "exhausted" is not yet true.
+
+        A claim can come and go between our ``stat`` of its entry and our reading of its name,
+        so a recently changed entry (ctime within the claim timeout) with no lease name seen
+        counts too. An entry unchanged for longer is settled whatever links it.
+        """
+        recent = time.time() - self.claim_timeout
+        for st in linked:
+            if st.st_nlink > 2 or st.st_ino in claimed:
+                return True
+            if st.st_ino not in leased and st.st_ctime >= recent:
+                return True
+        return False
+
     def _note_claim(self, ent: str, ino: int, claimed: set[int]) -> None:
-        """Remember a live claim's inode (its entry is in flux); remove a stale one."""
+        """Remember a live claim's inode (its entry is in flux); remove a stale one, whose
+        entry may then be free (so the scan is not the last word either)."""
+        claimed.add(ino)
         if claim_is_stale(ent, timeout=self.claim_timeout):
             with contextlib.suppress(OSError):
                 os.unlink(self._p(ent))
-        else:
-            claimed.add(ino)
 
     def _take(self, ent: str, st: os.stat_result, name: str) -> Lease | None:
         """Win free entry ``ent`` under a private claim, then publish the claim as ``name``.
@@ -632,16 +654,3 @@ class GridmapDir(LeaseStore):
                     self._unlink(name)
                     removed.append(name)
         return removed
-
-    def pool_entries(self, pool: str, *, strict_prefix: bool = True) -> list[tuple[str, bool]]:
-        """(account, leased) for every entry of ``pool`` in raw directory order."""
-        out: list[tuple[str, bool]] = []
-        with os.scandir(self.path) as it:
-            for entry in it:
-                if is_candidate_entry(entry.name) and in_pool(entry.name, pool, strict_prefix):
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    out.append((entry.name, st.st_nlink >= 2))
-        return out

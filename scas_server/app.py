@@ -62,7 +62,10 @@ def create_app(pipeline: Pipeline) -> Flask:
         record.caller_uid = peer.uid
         record.extra["http_status"] = status
         record.latency_ms = (time.perf_counter() - t0) * 1000
-        pipeline.audit.write(record)
+        try:
+            pipeline.audit.write(record)
+        except OSError as exc:
+            pipeline._audit_failed(record, exc)
         metrics.REFUSALS.labels(str(status), reason.split(":")[0][:40]).inc()
         body = pipeline.fault(reason, soap12="soap+xml" in (request.content_type or ""))
         return Response(body, status=status, content_type=XML)
@@ -86,11 +89,8 @@ def create_app(pipeline: Pipeline) -> Flask:
             return refuse(413, f"body exceeds {cfg.max_body} bytes", peer, t0)
         if not body.strip():
             return refuse(400, "empty body", peer, t0)
-        outcome = pipeline.decide(body, peer)
-        seconds = time.perf_counter() - t0
-        outcome.record.latency_ms = seconds * 1000
-        pipeline.audit.write(outcome.record)
-        metrics.REQUEST_SECONDS.observe(seconds)
+        outcome = pipeline.answer(body, peer, started=t0)
+        metrics.REQUEST_SECONDS.observe(time.perf_counter() - t0)
         metrics.DECISIONS.labels(outcome.record.decision, outcome.record.action or "").inc()
         return Response(outcome.body, status=outcome.status, content_type=XML)
 

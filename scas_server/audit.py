@@ -8,6 +8,7 @@ descriptor, so lines from several gunicorn workers never interleave.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -85,9 +86,12 @@ class AuditLog:
         return json.dumps(data, ensure_ascii=True, separators=(",", ":"))
 
     def write(self, record: AuditRecord, *, now: datetime | None = None) -> None:
+        """Append one line; OSError (also for a short write) when it is not all on disk."""
         data = (self.line(record, now=now) + "\n").encode("ascii")
         with self._lock:
-            os.write(self._descriptor(), data)
+            written = os.write(self._descriptor(), data)
+        if written != len(data):
+            raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
 
     def close(self) -> None:
         if self._fd is not None:

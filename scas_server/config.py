@@ -80,7 +80,6 @@ class ServerConfig:
     allowed_uids: tuple[int, ...] | None = None
     policies: tuple[PolicyRoute, ...] = ()
     ticket: TicketSettings | None = None
-    gridmapdir: str | None = None
     audit_file: str = "-"
     max_body: int = DEFAULT_MAX_BODY
     max_depth: int = DEFAULT_MAX_DEPTH
@@ -216,7 +215,7 @@ def _patterns(value: list[Any]) -> str | None:
 TOP_KEYS = {
     "listen", "socket_mode", "workers", "worker_class", "threads", "keepalive", "timeout",
     "tls", "trust", "pep_allow",
-    "allowed_uids", "lcas", "lcmaps", "policies", "ticket", "gridmapdir", "audit",
+    "allowed_uids", "lcas", "lcmaps", "policies", "ticket", "audit",
     "limits", "trust_pep_attributes", "issuer", "log_level",
 }  # fmt: skip
 
@@ -307,7 +306,6 @@ def parse_config(path: str, data: Any) -> ServerConfig:
     lcmaps_db = chk.file(lcmaps, "db", "lcmaps.db")
     policies = _policies(chk)
     ticket = _ticket(chk)
-    gridmapdir = chk.directory(data, "gridmapdir", "gridmapdir", required=False)
 
     audit = chk.section("audit", {"file"})
     audit_file = chk.get(audit, "file", "audit.file", str, "-")
@@ -353,7 +351,6 @@ def parse_config(path: str, data: Any) -> ServerConfig:
         lcmaps_db=lcmaps_db,
         policies=policies,
         ticket=ticket,
-        gridmapdir=gridmapdir,
         audit_file=audit_file,
         max_body=max_body,
         max_depth=max_depth,

@@ -15,16 +15,19 @@ Order of work for one query:
    the PEP advertised) and, when advertised and configured, a signed
    mapping ticket bound to the caller.
 
-A user-side problem (bad credential, ban, no mapping) is a ``Deny``; a
-server-side one (lease store unusable, plugin crash) is ``Indeterminate``
-with processing-error, so clients fail over to another endpoint.
+A user-side problem (bad credential, ban, no mapping, pool exhausted) is a
+``Deny``; a server-side one (lease store unusable, LDAP down, plugin crash,
+audit log unwritable) is ``Indeterminate`` with processing-error, so clients
+fail over to another endpoint. The wire carries only a reason class (the
+constants below); the detail goes to the audit line, linked by the request ID.
+No Permit leaves without its audit line: when the line cannot be written, the
+answer becomes Indeterminate and ``/health`` turns unhealthy.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
-import os
 import secrets
 import socket
 import time
@@ -37,7 +40,9 @@ from client.xacml import AuthzRequest, Decision, XacmlError, ids
 from credentials.credential import TrustStore
 from credentials.credential_cache import CredentialCache
 from credentials.errors import CredentialError
+from leases.store import GridmapDirError
 from safetext import one_line
+from scas_server import metrics
 from scas_server.audit import AuditLog, AuditRecord
 from scas_server.config import ConfigError, ServerConfig
 from scas_server.engines import Engines, Mapping, MappingRefused, PolicyError, load_engines
@@ -52,11 +57,19 @@ log = logging.getLogger("scas.server")
 LEGACY_OBLIGATIONS = (ids.OBLIG_UIDGID, ids.OBLIG_SECONDARY_GIDS)
 
 
+# What a refusal says on the wire: a fixed class, never a path or exception text.
+NOT_AUTHORIZED = "not authorized"
+BANNED = "banned"
+NO_ACCOUNT = "no account available"
+UNAVAILABLE = "service unavailable"
+
+
 @dataclass
 class Outcome:
     body: bytes
     status: int
     record: AuditRecord
+    request: AuthzRequest | None = None
 
 
 def _clean(text: str | None) -> str | None:
@@ -75,6 +88,8 @@ class Pipeline:
         self.signer = signer
         self.audit = audit or AuditLog(config.audit_file)
         self.loaded_at = loaded_at if loaded_at is not None else time.time()
+        #: why the last audit line could not be written; None once one is written again
+        self.audit_error: str | None = None
         self.trust = TrustStore(certdir=config.certdir, vomsdir=config.vomsdir)
         # repeat queries with the same chain skip parsing and verification (see credential_cache)
         self.credentials = CredentialCache(self.trust)
@@ -113,19 +128,55 @@ class Pipeline:
         return xacml.wsdl(location)
 
     def health(self) -> dict[str, Any]:
-        store = self.config.gridmapdir
-        writable = store is None or os.access(store, os.W_OK | os.X_OK)
+        """What an operator needs to know, probed for real: can a lease and an audit line be
+        written now, and is every LCAS plugin up?"""
+        stores = []
+        for store in self.engines.lease_stores():
+            try:
+                store.probe()
+                stores.append({"path": store.location, "writable": True})
+            except GridmapDirError as exc:
+                stores.append({"path": store.location, "writable": False, "error": exc.args[0]})
+        lcas_failures = [name for name, _ in self.engines.lcas.init_failures]
+        audit_ok = self.audit_error is None
         report: dict[str, Any] = {
-            "ok": writable and self.engines.loaded,
+            "ok": all(s["writable"] for s in stores) and audit_ok and not lcas_failures,
             "config": self.config.path,
             "config_age_seconds": round(time.time() - self.loaded_at, 1),
             "plugins": {"lcas": list(self.engines.lcas_plugins),
                         "lcmaps": list(self.engines.lcmaps_plugins)},
-            "lease_store": {"path": store, "writable": writable},
+            "lease_stores": stores,
+            "lcas": {"plugins": len(self.engines.lcas_plugins), "failed": lcas_failures},
+            "audit": {"writable": audit_ok, "error": self.audit_error},
             "ticket_signing": self.signer is not None,
-            "lcas_enforced": self.engines.lcas is not None,
         }
         return report
+
+    def answer(self, body: bytes, peer: Peer, *, started: float,
+               now: datetime | None = None) -> Outcome:
+        """Decide, then write the audit line; a decision whose line cannot be written is not
+        sent: the caller gets Indeterminate (service unavailable) instead."""
+        outcome = self.decide(body, peer, now=now)
+        outcome.record.latency_ms = (time.perf_counter() - started) * 1000
+        try:
+            self.audit.write(outcome.record)
+            self.audit_error = None
+        except OSError as exc:
+            self._audit_failed(outcome.record, exc)
+            if outcome.request is not None:
+                outcome.body = xacml.build_response(
+                    outcome.request,
+                    Decision.indeterminate(ids.STATUS_PROCESSING_ERROR, UNAVAILABLE),
+                    issuer=self.config.issuer, now=now,
+                )
+                outcome.record.decision = ids.INDETERMINATE
+        return outcome
+
+    def _audit_failed(self, record: AuditRecord, exc: OSError) -> None:
+        self.audit_error = one_line(exc.strerror or str(exc), 200)
+        metrics.AUDIT_FAILURES.inc()
+        log.error("audit line not written (%s); request %s answered Indeterminate: %s",
+                  self.audit_error, record.request_id, self.audit.line(record))
 
     def decide(self, body: bytes, peer: Peer, *, now: datetime | None = None) -> Outcome:
         """Answer one query; never raises for anything a client can send."""
@@ -146,16 +197,15 @@ class Pipeline:
             decision = self._decide(request, peer, record, now)
         except Exception as exc:  # a plugin bug must not become a stack trace on the wire
             log.exception("internal error deciding request %s", record.request_id)
-            decision = Decision.indeterminate(
-                ids.STATUS_PROCESSING_ERROR, f"internal error: {type(exc).__name__}"
-            )
+            record.reason = f"internal error: {type(exc).__name__}"
+            decision = Decision.indeterminate(ids.STATUS_PROCESSING_ERROR, UNAVAILABLE)
         record.decision = decision.decision
         record.reason = record.reason or (decision.status_message or "")
         reply = xacml.build_response(
             request, decision, issuer=cfg.issuer, now=now,
             when_none_advertised=LEGACY_OBLIGATIONS,
         )  # fmt: skip
-        return Outcome(reply, 200, record)
+        return Outcome(reply, 200, record, request)
 
     def _decide(
         self, request: AuthzRequest, peer: Peer, record: AuditRecord, now: datetime | None
@@ -164,14 +214,15 @@ class Pipeline:
         resource, action = request.resource_type or "", request.action_type or ""
         route = cfg.route(resource, action)
         if route is None:
-            wanted = f"resource {resource or '?'} action {action or '?'}"
-            return Decision.deny(f"no policy for {wanted}")
+            record.reason = f"no policy for resource {resource or '?'} action {action or '?'}"
+            return Decision.deny(NOT_AUTHORIZED)
         if request.cert_chain is not None:
             try:
                 cred = self.credentials.verify(request.cert_chain, now=now, source="cert-chain")
             except CredentialError as exc:
                 record.dn = _clean(request.subject_dn)
-                return Decision.deny(f"credential refused: {exc.reason}")
+                record.reason = f"credential refused: {exc.reason}"
+                return Decision.deny(NOT_AUTHORIZED)
             dn, fqans, credential = cred.identity, cred.fqans, cred
             if request.subject_dn and request.subject_dn != dn:
                 record.extra["claimed_dn"] = _clean(request.subject_dn)
@@ -186,16 +237,16 @@ class Pipeline:
         record.dn, record.fqans = _clean(dn), tuple(_clean(f) or "" for f in fqans)
         try:
             banned = self.engines.lcas_check(dn, fqans, credential, now=now)
-        except PolicyError as exc:
-            return Decision.indeterminate(ids.STATUS_PROCESSING_ERROR, exc.reason)
-        if banned:
-            return Decision.deny(f"LCAS: {banned}")
-        try:
+            if banned:
+                record.reason = f"LCAS: {banned}"
+                return Decision.deny(BANNED)
             mapping = self.engines.map(dn, fqans, credential, route.lcmaps, now=now)
         except MappingRefused as exc:
-            return Decision.deny(f"LCMAPS: {exc.reason}")
+            record.reason = f"LCMAPS: {exc.reason}"
+            return Decision.deny(NO_ACCOUNT if exc.exhausted else NOT_AUTHORIZED)
         except PolicyError as exc:
-            return Decision.indeterminate(ids.STATUS_PROCESSING_ERROR, exc.reason)
+            record.reason = exc.reason
+            return Decision.indeterminate(ids.STATUS_PROCESSING_ERROR, UNAVAILABLE)
         record.account, record.uid, record.gid = mapping.username, mapping.uid, mapping.gid
         record.lease = _clean(mapping.lease)
         ticket = None

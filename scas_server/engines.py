@@ -9,29 +9,36 @@ library APIs can evolve behind them. Load errors become
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scas_server.config import ConfigError, ServerConfig
 
-__all__ = ["Engines", "Mapping", "MappingRefused", "PolicyError", "load_engines"]
+if TYPE_CHECKING:
+    from lcas.chain import Chain
+    from lcmaps.evaluation import Engine
+    from leases.store import LeaseStore
+
+__all__ = [
+    "Engines", "Mapping", "MappingRefused", "PolicyError", "load_engines", "secondary_gids",
+]
 
 log = logging.getLogger("scas.server")
 
 
 class MappingRefused(Exception):
-    """LCMAPS found no account for this user (a Deny)."""
+    """LCMAPS found no account for this user (a Deny); ``exhausted`` when a pool was full."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, exhausted: bool = False) -> None:
         self.reason = " ".join(reason.split())
+        self.exhausted = exhausted
         super().__init__(self.reason)
 
 
 class PolicyError(Exception):
-    """The site's machinery failed (a plugin crashed, a store is unusable): Indeterminate."""
+    """The site's machinery failed (a store unusable, LDAP down, a plugin crash): Indeterminate."""
 
     def __init__(self, reason: str) -> None:
         self.reason = " ".join(reason.split())
@@ -47,78 +54,77 @@ class Mapping:
     lease: str | None
 
 
-class Engines:
-    """LCAS chain + LCMAPS engine built from one lcas.db and one lcmaps.db."""
+def secondary_gids(pgids: Sequence[int], sgids: Sequence[int]) -> tuple[int, ...]:
+    """The extra primary gids then the secondary ones, in C's order, each gid once."""
+    return tuple(dict.fromkeys((*pgids[1:], *sgids)))
 
-    def __init__(self, lcas: Any, lcmaps: Any, policy_names: Sequence[str]) -> None:
+
+class Engines:
+    """LCAS chain + LCMAPS engine built from one lcas.db and one lcmaps.db.
+
+    Called from several gthread threads at once, with no lock: the plugins keep no
+    per-request state, their caches guard themselves, and the lease store coordinates in the
+    file system (``docs/leases.md``).
+    """
+
+    def __init__(self, lcas: Chain, lcmaps: Engine, policy_names: Sequence[str]) -> None:
         self.lcas = lcas
         self.lcmaps = lcmaps
         self.policy_names = tuple(policy_names)
-        # LCAS and LCMAPS plugins are written, like C's, for one call at a time: with
-        # several gthread threads a worker runs them one after another (TLS, parsing and
-        # credential checks still overlap). Seen without it: leases under another
-        # request's name, and a full pool.
-        self._serial = threading.Lock()
-
-    @property
-    def loaded(self) -> bool:
-        return self.lcmaps is not None
 
     @property
     def lcmaps_plugins(self) -> tuple[str, ...]:
-        return tuple(self.lcmaps.plugins) if self.lcmaps is not None else ()
+        return tuple(self.lcmaps.plugins)
 
     @property
     def lcas_plugins(self) -> tuple[str, ...]:
-        names = getattr(self.lcas, "plugin_names", None)
-        if names is not None:
-            return tuple(names() if callable(names) else names)
-        plugins = getattr(self.lcas, "plugins", ())
-        return tuple(getattr(p, "name", type(p).__name__) for p in plugins)
+        return self.lcas.plugin_names
+
+    def lease_stores(self) -> list[LeaseStore]:
+        """Every lease store the LCMAPS plugins write, once each."""
+        stores: dict[str, LeaseStore] = {}
+        for plugin in self.lcmaps.plugins.values():
+            for store in plugin.lease_stores():
+                stores.setdefault(store.location, store)
+        return list(stores.values())
 
     def lcas_check(
         self, dn: str, fqans: Sequence[str], credential: Any, *, now: datetime | None = None
     ) -> str | None:
         """The reason the user is refused, or None when every LCAS plugin allows."""
-        if self.lcas is None:
-            return None
         from lcas.chain import authorize
+        from lcas.plugin_api import LcasUnavailable
 
         try:
-            with self._serial:
-                verdict = authorize(self.lcas, dn, tuple(fqans), credential=credential,
-                                    now=now)
-        except OSError as exc:
-            raise PolicyError(f"LCAS: {exc.strerror or exc}") from None
+            verdict = authorize(self.lcas, dn, tuple(fqans), credential=credential, now=now)
+        except LcasUnavailable as exc:
+            raise PolicyError(f"LCAS: {exc.reason}") from None
         return None if verdict.allowed else (verdict.reason or "refused")
 
     def map(
         self, dn: str, fqans: Sequence[str], credential: Any, policies: Sequence[str],
         *, now: datetime | None = None,
     ) -> Mapping:  # fmt: skip
-        from lcmaps.evaluation import map_credential
+        from lcmaps.evaluation import MappingUnavailable, map_credential
 
         try:
-            with self._serial:
-                result = map_credential(
-                    self.lcmaps, dn, fqans, credential=credential, policies=policies, now=now
-                )
-        except OSError as exc:
-            raise PolicyError(f"LCMAPS: {exc.strerror or exc}") from None
-        if result.decision == "error":
-            raise PolicyError(f"LCMAPS: {result.reason or 'error'}")
+            result = map_credential(
+                self.lcmaps, dn, fqans, credential=credential, policies=policies, now=now
+            )
+        except MappingUnavailable as exc:
+            raise PolicyError(f"LCMAPS: {exc.reason}") from None
         if not result.permitted or result.uid is None or result.pgid is None:
-            raise MappingRefused(result.reason or "no mapping")
+            raise MappingRefused(result.reason or "no mapping", exhausted=result.exhausted)
         return Mapping(
             uid=result.uid,
             gid=result.pgid,
-            sgids=tuple(result.pgids[1:]) + tuple(result.sgids),
+            sgids=secondary_gids(result.pgids, result.sgids),
             username=result.username,
             lease=result.poolindex,
         )
 
 
-def _load_lcmaps(path: str) -> tuple[Any, list[str]]:
+def _load_lcmaps(path: str) -> tuple[Engine, list[str]]:
     from lcmaps.evaluation import Engine
     from lcmaps.policy_db import PolicyDbError, load_policy_db
 
@@ -129,13 +135,21 @@ def _load_lcmaps(path: str) -> tuple[Any, list[str]]:
         raise ConfigError([str(exc)]) from None
 
 
-def _load_lcas(path: str) -> Any:
+def _load_lcas(path: str) -> Chain:
+    """The chain of ``path``; a plugin that cannot initialise refuses the configuration,
+    as an LCMAPS plugin does (C liblcas would load and then deny everyone)."""
     from lcas.chain import LcasConfigError, load_chain
 
     try:
-        return load_chain(path)
+        chain = load_chain(path)
     except LcasConfigError as exc:
         raise ConfigError([str(exc)]) from None
+    problems = [f"{path}: cannot initialise {name}: {reason}"
+                for name, reason in chain.init_failures]
+    if problems:
+        chain.close()
+        raise ConfigError(problems)
+    return chain
 
 
 def load_engines(cfg: ServerConfig) -> Engines:

@@ -25,6 +25,7 @@ from prometheus_client import (
 )
 
 __all__ = [
+    "AUDIT_FAILURES",
     "CONFIG_LOADED",
     "CONTENT_TYPE_LATEST",
     "DECISIONS",
@@ -45,6 +46,10 @@ REQUEST_SECONDS = Histogram(
     "scas_decision_seconds",
     "Time to answer one authorization query",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+AUDIT_FAILURES = Counter(
+    "scas_audit_write_failures_total",
+    "Decisions answered Indeterminate because their audit line could not be written",
 )
 RELOADS = Counter("scas_config_reloads_total", "Configuration reloads (SIGHUP)", ["result"])
 CONFIG_LOADED = Gauge(

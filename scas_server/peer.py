@@ -42,7 +42,6 @@ class Peer:
 
     transport: str
     subject: str | None = None
-    leaf_subject: str | None = None
     is_proxy: bool = False
     chain: tuple[x509.Certificate, ...] = ()
     uid: int | None = None
@@ -87,7 +86,6 @@ def _tls_peer(sock: ssl.SSLSocket) -> Peer:
     return Peer(
         "tls",
         subject=oneline(chain[ee_index].subject),
-        leaf_subject=oneline(chain[0].subject),
         is_proxy=ee_index > 0,
         chain=tuple(chain),
     )

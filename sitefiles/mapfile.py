@@ -122,10 +122,6 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _encode(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
-
-
 def _parse_line(line: bytes, filename: str, lineno: int) -> MapfileLine | None:
     """Parse one line (without its ``\\n``); ``None`` for blank/comment lines."""
     i, n = 0, len(line)

@@ -67,12 +67,10 @@ def setup(work: str, port: int) -> dict[str, str]:
         _write(os.path.join(work, "grid-mapfile"), f'"{ALICE}" .scasdemo\n"{BOB}" .scasdemo\n')
         mapper = (f'pool = "lcmaps_poolaccount.mod" " -gridmapfile {work}/grid-mapfile"'
                   f' " -gridmapdir {gridmapdir}"\n')
-        extra = f"gridmapdir: {gridmapdir}\n"
     else:
         me = getpass.getuser()
         _write(os.path.join(work, "grid-mapfile"), f'"{ALICE}" {me}\n"{BOB}" {me}\n')
         mapper = f'pool = "lcmaps_localaccount.mod" " -gridmapfile {work}/grid-mapfile"\n'
-        extra = ""
     _write(os.path.join(work, "lcmaps.db"),
            f'ban = "lcmaps_ban_dn.mod" " -banmapfile {work}/ban_users.db"\n{mapper}\n'
            "glexec_get_account:\nban -> pool\n\ngatekeeper:\nban -> pool\n")
@@ -90,7 +88,7 @@ policies:
   - {{resource: ce, action: queue, lcmaps: [gatekeeper]}}
 audit: {{file: {work}/audit.log}}
 issuer: scas.demo
-{extra}""")
+""")
     return {"pep_cert": pep.cert_path, "pep_key": pep.key_path, "ca": pki.dir + "/ca.pem",
             "alice": alice.cert_path, "bob": bob.cert_path}
 

@@ -305,3 +305,30 @@ def test_credential_only_lifetime_checks_skips_chain_but_keeps_limits(
     limited = pki.proxy(users["alice"], limited=True)
     expect(err.LimitedProxyRefused, limited, trust,
            policy=ProxyPolicy(only_lifetime_checks=True, allow_limited=False))
+
+
+def test_credential_garbage_proxy_cert_info_is_malformed(users: dict[str, User]) -> None:
+    """Bad DER inside ProxyCertInfo is the caller's malformed credential (a Deny), not an
+    internal error of the service (which would send every client to another replica)."""
+    alice = users["alice"]
+    key = rsa.generate_private_key(65537, 2048)
+    now = datetime.now(UTC)
+    garbage = x509.UnrecognizedExtension(
+        x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14"), b"\x30\x84\xff\xff\xff\xff"
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([*alice.cert.subject, x509.NameAttribute(
+            x509.NameOID.COMMON_NAME, "12345")]))
+        .issuer_name(alice.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(8)
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(garbage, critical=True)
+        .sign(alice.key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM) + alice.cert.public_bytes(
+        serialization.Encoding.PEM)
+    with pytest.raises(err.MalformedCredential, match="ProxyCertInfo is not valid DER"):
+        load_pem(pem)

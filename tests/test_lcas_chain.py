@@ -1,4 +1,4 @@
-"""The LCAS framework: AND over plugins, empty chain, init failures, plugin errors."""
+"""The LCAS framework: AND over plugins, empty chain, init failures, plugin faults."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from lcas.chain import Chain, LcasConfigError, LoadedPlugin, authorize, load_chain
 from lcas.db import DbEntry
-from lcas.plugin_api import Plugin, Request, Verdict
+from lcas.plugin_api import LcasUnavailable, Plugin, Request, Verdict
 
 ALICE = "/DC=org/DC=example/O=Users/CN=Alice Smith"
 MALLORY = "/DC=org/DC=example/O=Users/CN=Mallory"
@@ -114,7 +114,11 @@ class Recorder(Plugin):
         if "deny" in self.argv:
             return Verdict.deny("told to deny")
         if "crash" in self.argv:
-            raise RuntimeError("disk on fire")
+            raise RuntimeError("disk on fire\nFAKE LOG LINE")
+        if "oserror" in self.argv:
+            raise FileNotFoundError(2, "No such file or directory", "/etc/lcas/gone.db")
+        if "unavailable" in self.argv:
+            raise LcasUnavailable("directory server down")
         return Verdict.allow()
 
 
@@ -140,10 +144,81 @@ def test_chain_passes_dn_fqans_and_now_to_plugins() -> None:
     assert (req.dn, req.fqans, req.now, req.credential) == (ALICE, ("/a", "/b"), when, None)
 
 
-def test_chain_plugin_exception_denies() -> None:
-    verdict = authorize(Chain("x", loaded(("one",), ("boom", "crash"))), ALICE)
-    assert not verdict.allowed and verdict.plugin == "boom"
-    assert "disk on fire" in verdict.reason
+def test_chain_plugin_crash_is_unavailable_not_deny(caplog: pytest.LogCaptureFixture) -> None:
+    plugins = loaded(("one",), ("boom", "crash"), ("three",))
+    with pytest.raises(LcasUnavailable) as err:
+        authorize(Chain("x", plugins), ALICE)
+    assert err.value.reason == "boom crashed: RuntimeError: disk on fire?FAKE LOG LINE"
+    assert str(err.value) == err.value.reason
+    asked = [len(p.plugin.asked) for p in plugins if isinstance(p.plugin, Recorder)]
+    assert asked == [1, 1, 0]
+    assert "LCAS plugin boom crashed" in caplog.text and "Traceback" in caplog.text
+
+
+def test_chain_plugin_oserror_is_unavailable_with_file_name() -> None:
+    with pytest.raises(LcasUnavailable) as err:
+        authorize(Chain("x", loaded(("io", "oserror"))), ALICE)
+    assert err.value.reason == "io: /etc/lcas/gone.db: No such file or directory"
+
+
+def test_chain_plugin_unavailable_is_prefixed_with_plugin_name() -> None:
+    with pytest.raises(LcasUnavailable, match=r"^ldap: directory server down$"):
+        authorize(Chain("x", loaded(("one",), ("ldap", "unavailable"))), ALICE)
+
+
+def test_chain_refusal_before_a_fault_is_still_a_deny() -> None:
+    # C stops at the first refusal: the crashing plugin is never asked
+    plugins = loaded(("one", "deny"), ("boom", "crash"))
+    verdict = authorize(Chain("x", plugins), ALICE)
+    assert (verdict.allowed, verdict.plugin, verdict.reason) == (False, "one", "told to deny")
+    assert isinstance(plugins[1].plugin, Recorder) and plugins[1].plugin.asked == []
+
+
+def ban_chain(site: Path) -> Chain:
+    db = write(site, "lcas.db", 'pluginname="lcas_plugin_example.mod"\n'
+                                'pluginname="lcas_userban.mod",pluginargs="ban_users.db"\n')
+    chain = load_chain(db)
+    assert chain.init_failures == ()
+    return chain
+
+
+def test_chain_ban_file_deleted_after_load_is_unavailable(site: Path) -> None:
+    chain = ban_chain(site)
+    assert not authorize(chain, MALLORY).allowed  # a real ban still denies
+    (site / "ban_users.db").unlink()
+    for dn in (ALICE, MALLORY):
+        with pytest.raises(LcasUnavailable) as err:
+            authorize(chain, dn)
+        assert err.value.reason == (f"lcas_userban.mod: {site / 'ban_users.db'}: cannot stat: "
+                                    "No such file or directory")
+
+
+def test_chain_ban_file_replaced_by_directory_is_unavailable(site: Path) -> None:
+    chain = ban_chain(site)
+    (site / "ban_users.db").unlink()
+    (site / "ban_users.db").mkdir()
+    with pytest.raises(LcasUnavailable, match=r"^lcas_userban\.mod: .*ban_users\.db: is a "
+                                              r"directory$"):
+        authorize(chain, ALICE)
+
+
+def test_chain_ban_file_broken_after_load_is_unavailable(site: Path) -> None:
+    chain = ban_chain(site)
+    write(site, "ban_users.db", '"/CN=someone else"\n"/CN=unterminated\n')
+    with pytest.raises(LcasUnavailable, match=r"ban_users\.db:2: unbalanced quote"):
+        authorize(chain, ALICE)
+
+
+def test_chain_ban_file_restored_decides_again(site: Path) -> None:
+    chain = ban_chain(site)
+    text = (site / "ban_users.db").read_text()
+    (site / "ban_users.db").unlink()
+    with pytest.raises(LcasUnavailable):
+        authorize(chain, MALLORY)
+    write(site, "ban_users.db", text)
+    verdict = authorize(chain, MALLORY)
+    assert (verdict.allowed, verdict.plugin) == (False, "lcas_userban.mod")
+    assert authorize(chain, ALICE).allowed
 
 
 def test_chain_reason_is_one_printable_line() -> None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from testkit.pki import TestPKI, User
 
@@ -111,3 +116,73 @@ def test_cli_unreadable_pem_exit_2(tmp_path: Path) -> None:
 def test_cli_fqan_with_pem_is_usage_error(tmp_path: Path) -> None:
     proc = run("--db", str(site(tmp_path)), "--pem", "x", "--fqan", DTEAM)
     assert proc.returncode == 2
+
+
+def _open_fifo_for_writing(fifo: Path, proc: subprocess.Popen[str]) -> int:
+    """Wait until ``proc`` opens ``fifo`` for reading; it has loaded lcas.db by then."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+        else:
+            os.set_blocking(fd, True)
+            return fd
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"lcas-run never read its --pem: {out}{err}")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_cli_ban_file_gone_at_decision_time_is_error_exit_2(
+    tmp_path: Path, pki: TestPKI, users: dict[str, User], as_json: bool,
+) -> None:
+    """The ban file is there when lcas.db is loaded and gone when the plugin decides.
+
+    ``--pem`` is a FIFO: lcas-run loads the chain, then blocks reading the proxy
+    while the test removes the ban file; only then is the proxy written."""
+    db = site(tmp_path)
+    fifo = tmp_path / "proxy.fifo"
+    os.mkfifo(fifo)
+    proxy = Path(pki.proxy(users["alice"], fqans=(DTEAM,), vo="dteam")).read_bytes()
+    args = ["--db", str(db), "--pem", str(fifo), "--certdir", pki.certdir,
+            "--vomsdir", pki.vomsdir] + (["--json"] if as_json else [])
+    proc = subprocess.Popen([sys.executable, "-m", "lcas.cli", *args], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        fd = _open_fifo_for_writing(fifo, proc)
+        ban = tmp_path / "ban_users.db"
+        ban.unlink()
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(proxy)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reason = f"LCAS unavailable: lcas_userban.mod: {ban}: cannot stat: No such file or directory"
+    assert proc.returncode == 2, out + err
+    assert err == f"lcas-run: {reason}\n"
+    if as_json:
+        assert json.loads(out) == {"decision": "error", "reason": reason}
+    else:
+        assert out == ""
+
+
+def test_cli_real_ban_still_denies_exit_1(tmp_path: Path) -> None:
+    proc = run("--db", str(site(tmp_path)), "--dn", BOB, "--fqan", DTEAM, "--json")
+    out = json.loads(proc.stdout)
+    assert (proc.returncode, out["decision"], out["plugin"]) == (1, "deny", "lcas_userban.mod")
+    assert proc.stderr == ""
+
+
+def test_cli_init_failure_is_still_a_deny_exit_1(tmp_path: Path) -> None:
+    db = site(tmp_path)
+    (tmp_path / "ban_users.db").unlink()
+    proc = run("--db", str(db), "--dn", ALICE, "--fqan", DTEAM)
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("deny: lcas_userban.mod: LCAS initialisation failed:")

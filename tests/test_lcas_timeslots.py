@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lcas.plugin_api import PluginInitError, Request
+from lcas.plugin_api import LcasUnavailable, PluginInitError, Request
 from lcas.plugins.timeslots import TimeSlots
 
 ALICE = "/DC=org/DC=example/O=Users/CN=Alice Smith"
@@ -154,11 +154,25 @@ def test_timeslots_malformed_line_refuses_init(tmp_path: Path, line: str, reason
         slots(tmp_path, f"* * * * * *\n{line}\n")
 
 
-def test_timeslots_file_changed_to_broken_refuses(tmp_path: Path) -> None:
+def test_timeslots_file_changed_to_broken_is_unavailable(tmp_path: Path) -> None:
     plugin = slots(tmp_path, "* * * * * *\n")
     (tmp_path / "timeslots.db").write_text("* * *\n")
+    with pytest.raises(LcasUnavailable, match=r"timeslots\.db:1: expected 6 fields"):
+        plugin.authorize(Request(ALICE, now=MON))
+
+
+def test_timeslots_file_removed_is_unavailable(tmp_path: Path) -> None:
+    plugin = slots(tmp_path, "* * * * * *\n")
+    (tmp_path / "timeslots.db").unlink()
+    with pytest.raises(LcasUnavailable, match=r"cannot read .*timeslots\.db: No such file"):
+        plugin.authorize(Request(ALICE, now=MON))
+
+
+def test_timeslots_empty_file_is_a_deny_not_a_fault(tmp_path: Path) -> None:
+    plugin = slots(tmp_path, "* * * * * *\n")
+    (tmp_path / "timeslots.db").write_text("# closed for maintenance\n")
     verdict = plugin.authorize(Request(ALICE, now=MON))
-    assert not verdict.allowed and "expected 6 fields" in verdict.reason
+    assert not verdict.allowed and "outside every time slot" in verdict.reason
 
 
 def test_timeslots_needs_exactly_one_file() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lcas.plugin_api import PluginInitError, Request
+from lcas.plugin_api import LcasUnavailable, PluginInitError, Request
 from lcas.plugins.example import AlwaysAllow
 from lcas.plugins.userallow import UserAllow
 from lcas.plugins.userban import UserBan
@@ -87,18 +87,35 @@ def test_userban_broken_file_refuses_init(tmp_path: Path) -> None:
         ban(tmp_path, f'"{BOB}"\n"/CN=broken\n')
 
 
-def test_userban_file_broken_later_refuses_everybody(tmp_path: Path) -> None:
+def test_userban_file_broken_later_is_unavailable(tmp_path: Path) -> None:
     plugin = ban(tmp_path, f'"{BOB}"\n')
     (tmp_path / "ban_users.db").write_text('"/CN=x\n')
-    verdict = plugin.authorize(Request(ALICE))
-    assert not verdict.allowed and "unbalanced quote" in verdict.reason
+    with pytest.raises(LcasUnavailable, match=r"ban_users\.db:1: unbalanced quote"):
+        plugin.authorize(Request(ALICE))
 
 
-def test_userban_file_removed_later_refuses_everybody(tmp_path: Path) -> None:
+def test_userban_match_before_the_broken_line_still_bans(tmp_path: Path) -> None:
+    # as C: the lookup stops at the first match, before reaching the bad line
+    plugin = ban(tmp_path, f'"{BOB}"\n')
+    (tmp_path / "ban_users.db").write_text(f'"{BOB}"\n"/CN=x\n')
+    assert not allowed(plugin, BOB)
+    with pytest.raises(LcasUnavailable, match=r"ban_users\.db:2: unbalanced quote"):
+        plugin.authorize(Request(ALICE))
+
+
+def test_userban_file_removed_later_is_unavailable(tmp_path: Path) -> None:
     plugin = ban(tmp_path, f'"{BOB}"\n')
     (tmp_path / "ban_users.db").unlink()
-    verdict = plugin.authorize(Request(ALICE))
-    assert not verdict.allowed and "cannot" in verdict.reason
+    with pytest.raises(LcasUnavailable, match=r"ban_users\.db: cannot stat: No such file"):
+        plugin.authorize(Request(BOB))
+
+
+def test_userallow_file_removed_later_is_unavailable(tmp_path: Path) -> None:
+    plugin = allow(tmp_path, f'"{ALICE}"\n')
+    (tmp_path / "allowed_users.db").unlink()
+    (tmp_path / "allowed_users.db").mkdir()
+    with pytest.raises(LcasUnavailable, match=r"allowed_users\.db: is a directory"):
+        plugin.authorize(Request(ALICE))
 
 
 def test_userban_change_on_disk_is_picked_up(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from credentials.credential import load_proxy_file
-from lcas.plugin_api import PluginInitError, Request
+from lcas.plugin_api import LcasUnavailable, PluginInitError, Request
 from lcas.plugins.voms import VomsAuth
 from testkit.pki import TestPKI, User
 
@@ -193,6 +193,26 @@ def test_voms_gacl_billion_laughs_refused(tmp_path: Path) -> None:
 def test_voms_bad_options(args: tuple[str, ...], reason: str) -> None:
     with pytest.raises(PluginInitError, match=reason):
         VomsAuth(("lcas_voms.mod", *args))
+
+
+def test_voms_auth_file_removed_is_unavailable(tmp_path: Path) -> None:
+    plugin = voms(tmp_path, f'"{DTEAM}"\n')
+    (tmp_path / "auth").unlink()
+    with pytest.raises(LcasUnavailable, match=r"cannot read .*auth: No such file"):
+        plugin.authorize(Request(ALICE, (DTEAM,)))
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [('"/dteam/*"\n"/atlas\n', r"auth:2: unbalanced quote"),
+     ("<gacl><entry>", "not well-formed")],
+)
+def test_voms_auth_file_broken_later_is_unavailable(tmp_path: Path, text: str,
+                                                    reason: str) -> None:
+    plugin = voms(tmp_path, f'"{DTEAM}"\n')
+    (tmp_path / "auth").write_text(text)
+    with pytest.raises(LcasUnavailable, match=reason):
+        plugin.authorize(Request(ALICE, (ATLAS,)))
 
 
 def test_voms_legacy_gacl_use_voms_dn_is_accepted(tmp_path: Path) -> None:

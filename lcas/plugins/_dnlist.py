@@ -6,6 +6,10 @@ lines, lines split at ``\\n``. Unlike the C parser, a ``\\r`` left at the end of
 a key by a CRLF file is dropped, so a DOS-edited ban list still bans.
 Anything after the DN on a line is ignored; an UNQUOTED DN stops at its
 first blank, so ``/CN=John Doe`` lists ``/CN=John`` (a warning is logged).
+
+A list that cannot be read or parsed at decision time is a fault, not an
+answer: :func:`lookup` raises :class:`~lcas.plugin_api.LcasUnavailable`. As in
+C, a match on a line before the broken one still counts.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from lcas.plugin_api import PluginInitError, Request, Verdict, resolve_path
+from lcas.plugin_api import LcasUnavailable, PluginInitError, Request, resolve_path
 from safetext import one_line
 from sitefiles import mapfile
 from sitefiles.cglob import glob_match
@@ -68,9 +72,9 @@ def parse_list_args(
     return path, seen
 
 
-def lookup(dnlist: DnList, request: Request) -> bool | Verdict:
-    """Membership of the request's DN, or a deny Verdict if the list is unusable."""
+def lookup(dnlist: DnList, request: Request) -> bool:
+    """Membership of the request's DN; LcasUnavailable if the list is unusable."""
     try:
         return dnlist.contains(request.dn)
-    except mapfile.MapfileError as exc:
-        return Verdict.deny(f"cannot use {dnlist.path}: {exc}")
+    except mapfile.MapfileError as exc:  # the message names the file
+        raise LcasUnavailable(str(exc)) from None

@@ -21,7 +21,8 @@ refuses everybody. ``#`` starts a comment (whole line or after the fields),
 blank lines and CRLF endings are fine. The clock is the request's ``now``
 in local time (an aware ``now`` is converted with ``astimezone()``, a naive
 one is taken as local wall time). The file is re-read when it changes; a
-broken file at decision time refuses everybody.
+file that cannot be read or parsed at decision time raises LcasUnavailable
+(Indeterminate, never a deny).
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from lcas.plugin_api import CachedFile, Plugin, PluginInitError, Request, Verdict, resolve_path
+from lcas.plugin_api import (
+    CachedFile,
+    LcasUnavailable,
+    Plugin,
+    PluginInitError,
+    Request,
+    Verdict,
+    resolve_path,
+)
 
 # (name, lowest, highest value for '*' and 'v-', highest value accepted)
 _FIELDS = (
@@ -137,9 +146,9 @@ class TimeSlots(Plugin):
         try:
             slots = self.slots.get()
         except OSError as exc:
-            return Verdict.deny(f"cannot read {self.slots.path}: {exc.strerror}")
+            raise LcasUnavailable(f"cannot read {self.slots.path}: {exc.strerror}") from None
         except TimeslotsError as exc:
-            return Verdict.deny(str(exc))
+            raise LcasUnavailable(str(exc)) from None
         now = request.now
         when = now.astimezone() if now.tzinfo is not None else now
         for slot in slots:

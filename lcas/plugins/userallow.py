@@ -6,8 +6,9 @@ without one do we fall back to the grid-mapfile like the original
 (``$GRIDMAP``, ``$GLOBUSMAP``, ``$globusmap``, ``$GlobusMap``, else
 ``/etc/grid-security/grid-mapfile``). Only the DN column counts, mappings
 are ignored. Keys must equal the DN exactly (case-sensitive) unless
-``-wildcard`` is given: an allow list errs on the narrow side. An unreadable
-list refuses everybody.
+``-wildcard`` is given: an allow list errs on the narrow side. A list that
+cannot be read or parsed at decision time raises LcasUnavailable
+(Indeterminate, never a deny), except for a DN listed before the broken line.
 """
 
 from __future__ import annotations
@@ -28,9 +29,6 @@ class UserAllow(Plugin):
         self.allowlist = DnList(self.name, path or default_gridmapfile(), wildcards=wildcard)
 
     def authorize(self, request: Request) -> Verdict:
-        found = lookup(self.allowlist, request)
-        if isinstance(found, Verdict):
-            return found
-        if not found:
+        if not lookup(self.allowlist, request):
             return Verdict.deny(f"user is not in the allowed list ({self.allowlist.path})")
         return Verdict.allow()

@@ -5,7 +5,8 @@ syntax (see :mod:`lcas.plugins._dnlist`). Keys are matched like LCMAPS'
 ban_dn: shell wildcards (``*`` also crosses ``/``, ``?``, ``[...]``) unless
 ``-no_wildcard`` is given, in which case a key must equal the DN exactly.
 Matching is case-sensitive. A ban file that cannot be read or parsed at
-decision time refuses everybody (fail closed).
+decision time raises LcasUnavailable (Indeterminate, never a deny), except
+for a DN listed before the broken line, which is still banned.
 """
 
 from __future__ import annotations
@@ -27,9 +28,6 @@ class UserBan(Plugin):
         self.banlist = DnList(self.name, path, wildcards=not no_wildcard)
 
     def authorize(self, request: Request) -> Verdict:
-        found = lookup(self.banlist, request)
-        if isinstance(found, Verdict):
-            return found
-        if found:
+        if lookup(self.banlist, request):
             return Verdict.deny(f"user is banned ({self.banlist.path})")
         return Verdict.allow()

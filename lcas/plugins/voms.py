@@ -17,8 +17,8 @@ that has not been verified yet, it is verified here against ``-certdir`` /
 ``-vomsdir`` (default ``$X509_CERT_DIR`` / ``$X509_VOMS_DIR``, else the
 ``/etc/grid-security`` directories) and a failure refuses. The legacy
 option ``-gacl_use_voms_dn <value>`` of the shipped lcas.db example is
-accepted and ignored (logged). An unreadable or broken auth file refuses
-everybody.
+accepted and ignored (logged). An auth file that cannot be read or parsed
+at decision time raises LcasUnavailable (Indeterminate, never a deny).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 from lcas.plugin_api import (
     CachedFile,
+    LcasUnavailable,
     Plugin,
     PluginInitError,
     Request,
@@ -122,9 +123,9 @@ class VomsAuth(Plugin):
         try:
             kind, rules = self.authfile.get()
         except OSError as exc:
-            return Verdict.deny(f"cannot read {self.authfile.path}: {exc.strerror}")
+            raise LcasUnavailable(f"cannot read {self.authfile.path}: {exc.strerror}") from None
         except (GaclError, mapfile.MapfileError) as exc:
-            return Verdict.deny(str(exc))
+            raise LcasUnavailable(str(exc)) from None
         fqans = self._fqans(request)
         if isinstance(fqans, Verdict):
             return fqans

@@ -86,9 +86,6 @@ class DummyBad(Plugin):
     def run(self, ctx: RunContext) -> bool:
         return ctx.fail("lcmaps_dummy_bad: always fails")
 
-    def verify(self, ctx: RunContext) -> bool:
-        return self.run(ctx)
-
 
 class VomsNoop(Plugin):
     """lcmaps_voms.mod: deprecated (VOMS parsing moved into the core); succeeds."""

@@ -23,6 +23,9 @@ Differences from C, all on the side of not leaving a half-written directory:
 
 Like C it runs in verification mode too (it only makes the directory
 agree with the mapping). One connection per run, none kept on ``self``.
+
+Faults raise PluginUnavailable (host:port): unreachable, bind refused, timeout, failed op.
+The directory's answer about the mapping is a deny: id limits, entry missing or not unique.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ with warnings.catch_warnings():  # ldap3 2.9 uses pyasn1 names deprecated in 0.6
     from ldap3.core.exceptions import LDAPException
     from ldap3.utils.conv import escape_filter_chars
 
-from lcmaps.plugin_api import Plugin, PluginInitError, RunContext, log
+from lcmaps.plugin_api import Plugin, PluginInitError, PluginUnavailable, RunContext, log
 from safetext import one_line
 from sitefiles.plugins import ArgWalker, parse_yes_no
 
@@ -112,7 +115,7 @@ def read_password(path: str) -> str:
 
 
 class _Failure(Exception):
-    """One-line reason a run fails (turned into ``ctx.fail``)."""
+    """One-line reason the directory's answer refuses this mapping (``ctx.fail``, a deny)."""
 
 
 @dataclass
@@ -207,10 +210,7 @@ class LdapEnf(Plugin):
         for gid in ([pgid] if pgid is not None else []) + list(d.sgids):
             if gid > MAX_GID:
                 return ctx.fail(f"{NAME}: gid {gid} too large (at most {MAX_GID})")
-        try:
-            conn = self._connect()
-        except _Failure as exc:
-            return ctx.fail(str(exc))
+        conn = self._connect()
         try:
             plan = self._plan(conn, username, pgid, d.sgids)
             if plan.missing and self.require_all_groups:
@@ -223,8 +223,9 @@ class LdapEnf(Plugin):
             self._apply(conn, username, plan)
         except _Failure as exc:
             return ctx.fail(str(exc))
-        except LDAPException as exc:
-            return ctx.fail(f"{NAME}: LDAP error at {self._where()}: {one_line(exc)}")
+        except LDAPException as exc:  # the connection broke or timed out half-way
+            raise PluginUnavailable(f"{NAME}: LDAP server {self._where()} failed: "
+                                    f"{one_line(exc) or type(exc).__name__}") from None
         finally:
             _close(conn)
         log.info("%s: uid=%d(%s) pgid=%s sgids=%s: added to %d group(s), already in %d%s",
@@ -237,7 +238,7 @@ class LdapEnf(Plugin):
         return one_line(f"{self.hostname}:{self.port}")
 
     def _connect(self) -> Connection:
-        """A bound connection, or _Failure naming host and cause."""
+        """A bound connection, or PluginUnavailable naming host and cause."""
         limit = self.timeout or None
         conn: Connection | None = None
         try:
@@ -253,15 +254,16 @@ class LdapEnf(Plugin):
             reason = one_line(exc) or type(exc).__name__
         if conn is not None:
             _close(conn)
-        raise _Failure(f"{NAME}: cannot bind to LDAP server {self._where()} as "
-                       f"{one_line(self.dn_manager)}: {reason}")
+        raise PluginUnavailable(f"{NAME}: cannot bind to LDAP server {self._where()} as "
+                                f"{one_line(self.dn_manager)}: {reason}")
 
     def _search(self, conn: Connection, base: str, flt: str, attrs: list[str]) -> list[dict]:
         ok = conn.search(base, flt, search_scope=SUBTREE, attributes=attrs,
                          time_limit=self.timeout)
         if not ok and (conn.result or {}).get("result") not in (0, 32):  # 32: noSuchObject
-            raise _Failure(f"{NAME}: LDAP search for {one_line(flt)} under {one_line(base)} "
-                           f"failed: {_ldap_error(conn)}")
+            raise PluginUnavailable(f"{NAME}: LDAP server {self._where()}: search for "
+                                    f"{one_line(flt)} under {one_line(base)} failed: "
+                                    f"{_ldap_error(conn)}; nothing changed")
         return [e for e in conn.response or [] if e.get("type") == "searchResEntry"]
 
     def _plan(self, conn: Connection, username: str, pgid: int | None,
@@ -300,7 +302,8 @@ class LdapEnf(Plugin):
         return plan
 
     def _apply(self, conn: Connection, username: str, plan: _Plan) -> None:
-        """Write the plan; on a failed write undo what was written and raise."""
+        """Write the plan; on a failed write undo what was written and raise
+        PluginUnavailable saying what was undone, left changed and not attempted."""
         steps: list[tuple[str, str, dict, dict]] = []  # (what, dn, change, undo)
         if plan.user_dn is not None and plan.new_gid is not None:
             back = ({"gidNumber": [(MODIFY_REPLACE, [plan.old_gid])]} if plan.old_gid
@@ -331,8 +334,9 @@ class LdapEnf(Plugin):
                 parts.append("nothing else was changed")
             if k + 1 < len(steps):
                 parts.append("not attempted: " + "; ".join(s[0] for s in steps[k + 1:]))
-            raise _Failure(f"{NAME}: changing {one_line(what)} failed: {cause}; "
-                           f"{one_line('; '.join(parts))}")
+            raise PluginUnavailable(f"{NAME}: LDAP server {self._where()}: changing "
+                                    f"{one_line(what)} failed: {cause}; "
+                                    f"{one_line('; '.join(parts))}")
 
 
 def _modify(conn: Connection, dn: str, change: dict) -> tuple[bool, int | None, str]:

@@ -28,8 +28,6 @@ class PosixEnf(Plugin):
         self.maxuid = -1
         self.maxpgid = -1
         self.maxsgid = -1
-        self.only_euid = False
-        self.only_egid = False
         args = ArgWalker(argv, NAME)
         for opt in args:
             if opt in ("-maxuid", "-MAXUID", "-maxpgid", "-MAXPGID", "-maxsgid", "-MAXSGID"):
@@ -38,8 +36,8 @@ class PosixEnf(Plugin):
                     raise PluginInitError(f"{NAME}: {opt} needs a number, got '{nxt}'")
                 setattr(self, opt.lower().lstrip("-"), int(nxt))
             elif opt in ("-set_only_euid", "-set_only_egid"):
-                yes = parse_yes_no(args.value('"yes" or "no"', allow_empty=True), NAME, opt)
-                setattr(self, "only_euid" if opt.endswith("euid") else "only_egid", yes)
+                # checked like C, then unused: the identity switch is glexec's helper's
+                parse_yes_no(args.value('"yes" or "no"', allow_empty=True), NAME, opt)
             else:
                 args.unknown()
 

@@ -7,7 +7,9 @@ which decide the same way on exact DNs. The C side runs through
 ``lcmaps_oracle --pem`` (``lcas_pem()``); the Python side through
 ``lcas-run --pem`` on the same proxy. What is compared is the framework:
 AND over plugins, the empty chain, init failures, unknown plugins and the
-lcas.db grammar.
+lcas.db grammar. Deliberately not compared: a plugin that fails while
+deciding (crash, unreadable list). C denies; Python raises LcasUnavailable
+(``lcas-run`` exit 2, Indeterminate in the server) so clients fail over.
 """
 
 from __future__ import annotations
