@@ -445,7 +445,9 @@ class GridmapDir(LeaseStore):
         src = self._p(ent)
         try:
             fd = os.open(src, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.EROFS:
+                raise self._oserror(exc, f"cannot write {ent}") from None
             return None  # not writable for us (or gone): C skips it too
         os.close(fd)
         claim = new_claim_name()

@@ -86,10 +86,20 @@ class AuditLog:
         return json.dumps(data, ensure_ascii=True, separators=(",", ":"))
 
     def write(self, record: AuditRecord, *, now: datetime | None = None) -> None:
-        """Append one line; OSError (also for a short write) when it is not all on disk."""
+        """Append one line; OSError when it is not all on disk.
+
+        A file system without room for the whole line is refused before writing, so a full
+        disk does not leave half a line (another worker may still take the last bytes first;
+        then the short write is reported as a failure too).
+        """
         data = (self.line(record, now=now) + "\n").encode("ascii")
         with self._lock:
-            written = os.write(self._descriptor(), data)
+            fd = self._descriptor()
+            if self.path != "-":
+                st = os.fstatvfs(fd)
+                if st.f_bavail * st.f_frsize < len(data):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            written = os.write(fd, data)
         if written != len(data):
             raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
 

@@ -246,7 +246,6 @@ def build(work: str, users: int, *, listen: str, workers: int, worker_class: str
             {"resource": "wn", "action": "execute-now", "lcmaps": ["glexec_get_account"]},
             {"resource": "ce", "action": "queue", "lcmaps": ["gatekeeper"]},
         ],
-        "gridmapdir": gridmapdir,
         "audit": {"file": os.path.join(work, "audit.log")},
         "issuer": "scas.stress",
         "log_level": "warning",

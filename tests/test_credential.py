@@ -182,25 +182,29 @@ def test_credential_bare_chain_without_key(pki: TestPKI, users: dict[str, User],
     assert checked.identity == cred.identity and checked.fqans == (DTEAM,)
 
 
-def test_credential_proxy_not_named_after_issuer(pki: TestPKI, users: dict[str, User],
-                                                 trust: TrustStore) -> None:
-    alice = users["alice"]
-    key = rsa.generate_private_key(65537, 2048)
-    info = pki._proxy_cert_info(False, None)
+def _hand_made_proxy(issuer: User, subject: x509.Name, ext: x509.ExtensionType) -> bytes:
+    """A proxy-like certificate signed by ``issuer`` with one critical extension, plus the
+    issuer's certificate, as PEM: for shapes the test PKI refuses to make."""
     now = datetime.now(UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name.from_rfc4514_string("CN=12345,CN=Somebody Else,DC=org"))
-        .issuer_name(alice.cert.subject)
-        .public_key(key.public_key())
+        .subject_name(subject)
+        .issuer_name(issuer.cert.subject)
+        .public_key(rsa.generate_private_key(65537, 2048).public_key())
         .serial_number(7)
         .not_valid_before(now - timedelta(minutes=1))
         .not_valid_after(now + timedelta(hours=1))
-        .add_extension(info, critical=True)
-        .sign(alice.key, hashes.SHA256())
+        .add_extension(ext, critical=True)
+        .sign(issuer.key, hashes.SHA256())
     )
-    pem = cert.public_bytes(serialization.Encoding.PEM) + alice.cert.public_bytes(
-        serialization.Encoding.PEM)
+    pem = serialization.Encoding.PEM
+    return cert.public_bytes(pem) + issuer.cert.public_bytes(pem)
+
+
+def test_credential_proxy_not_named_after_issuer(pki: TestPKI, users: dict[str, User],
+                                                 trust: TrustStore) -> None:
+    subject = x509.Name.from_rfc4514_string("CN=12345,CN=Somebody Else,DC=org")
+    pem = _hand_made_proxy(users["alice"], subject, pki._proxy_cert_info(False, None))
     with pytest.raises(err.NotAProxy, match="not named after its issuer"):
         verify_credential(load_pem(pem), trust)
 
@@ -311,24 +315,10 @@ def test_credential_garbage_proxy_cert_info_is_malformed(users: dict[str, User])
     """Bad DER inside ProxyCertInfo is the caller's malformed credential (a Deny), not an
     internal error of the service (which would send every client to another replica)."""
     alice = users["alice"]
-    key = rsa.generate_private_key(65537, 2048)
-    now = datetime.now(UTC)
+    subject = x509.Name([*alice.cert.subject,
+                         x509.NameAttribute(x509.NameOID.COMMON_NAME, "12345")])
     garbage = x509.UnrecognizedExtension(
         x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14"), b"\x30\x84\xff\xff\xff\xff"
     )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([*alice.cert.subject, x509.NameAttribute(
-            x509.NameOID.COMMON_NAME, "12345")]))
-        .issuer_name(alice.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(8)
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(garbage, critical=True)
-        .sign(alice.key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM) + alice.cert.public_bytes(
-        serialization.Encoding.PEM)
     with pytest.raises(err.MalformedCredential, match="ProxyCertInfo is not valid DER"):
-        load_pem(pem)
+        load_pem(_hand_made_proxy(alice, subject, garbage))

@@ -6,6 +6,11 @@ which the slapd ACLs allow to write only memberUid and gidNumber, and not
 memberUid of one group (to make a write fail after an earlier one worked).
 Accounts are Debian's base ones: user ``daemon`` (uid 1), groups adm (4),
 tty (5), disk (6).
+
+A directory that cannot be used (unreachable, bind refused, timeout, a failed
+search or write) is a fault: PluginUnavailable, MappingUnavailable from the
+engine. What the directory says about the mapping (an entry missing or not
+unique) and the id limits are a deny.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import os
 import pwd
 import socket
 import subprocess
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +34,16 @@ with warnings.catch_warnings():  # ldap3 2.9 uses pyasn1 names deprecated in 0.6
     warnings.filterwarnings("ignore", "(tag|type)Map is deprecated", DeprecationWarning)
     from ldap3 import BASE, MODIFY_ADD, Connection, Server
 
-from lcmaps.evaluation import Engine, map_credential
-from lcmaps.plugin_api import Mode, PluginInitError, RequestedAccount
+from lcmaps.evaluation import Engine, MappingUnavailable, map_credential
+from lcmaps.plugin_api import (
+    CredentialData,
+    Mode,
+    PluginInitError,
+    PluginUnavailable,
+    Request,
+    RequestedAccount,
+    RunContext,
+)
 from lcmaps.plugins.ldap_enf import LdapEnf
 from lcmaps.policy_db import PolicyDbError, parse_policy_db
 
@@ -299,15 +314,17 @@ def test_ldap_enf_missing_user_entry_denies_and_changes_nothing(tree, pwfile, tm
     assert tree.snapshot() == before
 
 
-def test_ldap_enf_failed_write_is_undone_readonly(tree, pwfile, tmp_path):
+def test_ldap_enf_failed_write_is_undone_and_unavailable_readonly(tree, pwfile, tmp_path):
     # the ACL forbids memberUid writes on cn=tty of this subtree: adm and gidNumber
-    # are written first, then must be rolled back
+    # are written first, then must be rolled back; a refused write is a fault, not a deny
     before = tree.snapshot()
-    r = map_credential(engine(tmp_path, ldap_args(tree, pwfile)), DN, ADM_TTY)
-    assert r.decision == "deny"
-    assert f"changing memberUid of cn=tty,{tree.groups} failed: insufficientAccessRights" \
-        in r.reason
-    assert f"undone: gidNumber of uid=daemon,{tree.people}; memberUid of cn=adm" in r.reason
+    with pytest.raises(MappingUnavailable) as err:
+        map_credential(engine(tmp_path, ldap_args(tree, pwfile)), DN, ADM_TTY)
+    reason = err.value.reason
+    assert reason.startswith(f"lcmaps_ldap_enf.mod: lcmaps_ldap_enf: LDAP server "
+                             f"127.0.0.1:{tree.slapd.port}: changing memberUid of "
+                             f"cn=tty,{tree.groups} failed: insufficientAccessRights")
+    assert f"undone: gidNumber of uid=daemon,{tree.people}; memberUid of cn=adm" in reason
     assert tree.members("adm") == tree.members("tty") == []
     assert tree.user_gid() == "65534"
     assert set(tree.snapshot()) == set(before)
@@ -334,25 +351,46 @@ def test_ldap_enf_limits_at_the_maximum_pass(tree, pwfile, tmp_path):
     assert map_credential(engine(tmp_path, ldap), DN, ADM_TTY).permitted
 
 
-def test_ldap_enf_wrong_password_denies(tree, tmp_path):
+def plugin_run(tree: Tree, pw: Path, *, port: int | None = None, extra: str = "") -> bool:
+    """The plugin's own run(), as the engine calls it after dummy_good + voms_localgroup."""
+    plugin = LdapEnf(["lcmaps_ldap_enf.mod", *ldap_args(tree, pw, port=port,
+                                                        extra=extra).split()])
+    ctx = RunContext(Request(DN), CredentialData(uids=[1], pgids=[1], sgids=[4, 5]))
+    return plugin.run(ctx)
+
+
+def test_ldap_enf_wrong_password_is_unavailable(tree, tmp_path):
     pw = tmp_path / "wrong.pw"
     pw.write_text("not the password\n")
     pw.chmod(0o400)
-    r = map_credential(engine(tmp_path, ldap_args(tree, pw)), DN, ADM_TTY)
-    assert r.decision == "deny"
-    assert f"cannot bind to LDAP server 127.0.0.1:{tree.slapd.port} as {MANAGER_DN}: " \
-           "invalidCredentials" in r.reason
+    with pytest.raises(PluginUnavailable) as err:
+        plugin_run(tree, pw)
+    assert err.value.reason == (f"lcmaps_ldap_enf: cannot bind to LDAP server "
+                                f"127.0.0.1:{tree.slapd.port} as {MANAGER_DN}: "
+                                "invalidCredentials")
     assert tree.members("adm") == []
 
 
-def test_ldap_enf_ldap_down_denies_with_reason(tree, pwfile, tmp_path):
+def test_ldap_enf_ldap_down_is_unavailable(tree, pwfile):
     port = _free_port()  # nothing listens there
     t0 = time.monotonic()
-    r = map_credential(engine(tmp_path, ldap_args(tree, pwfile, port=port)), DN, ADM_TTY)
-    assert r.decision == "deny"
-    assert f"cannot bind to LDAP server 127.0.0.1:{port}" in r.reason
-    assert "\n" not in r.reason
+    with pytest.raises(PluginUnavailable) as err:
+        plugin_run(tree, pwfile, port=port)
+    assert err.value.reason.startswith(
+        f"lcmaps_ldap_enf: cannot bind to LDAP server 127.0.0.1:{port} as {MANAGER_DN}: ")
+    assert "\n" not in err.value.reason
     assert time.monotonic() - t0 < 5
+
+
+def test_ldap_enf_ldap_down_makes_the_mapping_unavailable(tree, pwfile, tmp_path):
+    # through the engine: Indeterminate for the server, never a deny
+    port = _free_port()
+    with pytest.raises(MappingUnavailable) as err:
+        map_credential(engine(tmp_path, ldap_args(tree, pwfile, port=port)), DN, ADM_TTY)
+    assert err.value.reason.startswith(
+        f"lcmaps_ldap_enf.mod: lcmaps_ldap_enf: cannot bind to LDAP server 127.0.0.1:{port} "
+        f"as {MANAGER_DN}: ")
+    assert tree.members("adm") == tree.members("tty") == []
 
 
 def test_ldap_enf_hung_server_times_out(tree, pwfile, tmp_path):
@@ -364,11 +402,78 @@ def test_ldap_enf_hung_server_times_out(tree, pwfile, tmp_path):
         ldap = ldap_args(tree, pwfile, port=port).replace("-timeout 5", "-timeout 1")
         e = engine(tmp_path, ldap)
         t0 = time.monotonic()
-        r = map_credential(e, DN, ADM_TTY)
+        with pytest.raises(MappingUnavailable) as err:
+            map_credential(e, DN, ADM_TTY)
         elapsed = time.monotonic() - t0
-    assert r.decision == "deny"
-    assert f"cannot bind to LDAP server 127.0.0.1:{port}" in r.reason
+    assert f"cannot bind to LDAP server 127.0.0.1:{port}" in err.value.reason
     assert 0.9 < elapsed < 4, elapsed
+
+
+def _ber_message_id(request: bytes) -> bytes:
+    """The encoded messageID of an LDAPMessage (SEQUENCE, then INTEGER)."""
+    i = 2 + (request[1] & 0x7F if request[1] & 0x80 else 0)
+    assert request[0] == 0x30 and request[i] == 0x02, request[:16]
+    return request[i:i + 2 + request[i + 1]]
+
+
+@pytest.fixture(params=["closes", "hangs", "busy"])
+def flaky_server(request) -> Iterator[tuple[int, str]]:
+    """A server that accepts any bind, then closes the connection, never answers the
+    first search or answers it with resultCode busy (51)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    done = threading.Event()
+
+    def reply(conn: socket.socket, msgid: bytes, op: bytes) -> None:
+        conn.sendall(bytes([0x30, len(msgid) + len(op)]) + msgid + op)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            reply(conn, _ber_message_id(conn.recv(4096)),
+                  bytes([0x61, 7, 0x0A, 1, 0, 0x04, 0, 0x04, 0]))  # bindResponse: success
+            search = conn.recv(4096)
+            if request.param == "busy":  # searchResDone: busy
+                reply(conn, _ber_message_id(search),
+                      bytes([0x65, 7, 0x0A, 1, 51, 0x04, 0, 0x04, 0]))
+            if request.param != "closes":
+                done.wait(30)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], request.param
+    finally:
+        done.set()
+        thread.join(10)
+        listener.close()
+
+
+def test_ldap_enf_server_failing_after_bind_is_unavailable(tree, pwfile, flaky_server):
+    port, how = flaky_server
+    t0 = time.monotonic()
+    with pytest.raises(PluginUnavailable) as err:
+        plugin_run(tree, pwfile, port=port, extra="-timeout 1")
+    assert err.value.reason.startswith(f"lcmaps_ldap_enf: LDAP server 127.0.0.1:{port}")
+    assert "\n" not in err.value.reason
+    if how == "busy":
+        assert err.value.reason == (
+            f"lcmaps_ldap_enf: LDAP server 127.0.0.1:{port}: search for "
+            f"(&(objectClass=posixAccount)(uid=daemon)) under {tree.people} failed: busy; "
+            "nothing changed")
+    assert time.monotonic() - t0 < 4
+
+
+def test_ldap_enf_ambiguous_group_denies_and_changes_nothing(tree, pwfile, tmp_path):
+    c = tree.slapd.admin()
+    assert c.add(f"cn=adm2,{tree.groups}", ["posixGroup"], {"gidNumber": 4})
+    c.unbind()
+    before = tree.snapshot()
+    r = map_credential(engine(tmp_path, ldap_args(tree, pwfile)), DN, ADM_TTY)
+    assert r.decision == "deny"
+    assert "2 posixGroup entries with gidNumber 4" in r.reason
+    assert tree.snapshot() == before
 
 
 def localaccount_engine(tmp_path: Path, ldap: str) -> Engine:

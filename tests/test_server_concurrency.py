@@ -90,7 +90,7 @@ def test_server_200_dns_20_clients_one_account_each(
         user = site.pki.user(f"pool{i:03d}", dn)
         with open(user.cert_path, "rb") as fh:
             chains[dn] = fh.read()
-    srv = Server(site, site.write_config(workers=2, gridmapdir=gridmapdir))
+    srv = Server(site, site.write_config(workers=2))
     try:
         def ask(dn: str) -> tuple[str, xacml.Decision]:
             status, body = srv.post(xacml.build_request(subject_dn=dn, cert_chain=chains[dn]))

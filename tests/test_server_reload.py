@@ -83,3 +83,36 @@ def test_server_reload_valid_config_takes_effect(running: tuple[Site, Server]) -
     time.sleep(1.0)
     for _ in range(6):
         assert _uid(site, srv) == 40002
+
+
+def test_server_reload_lcas_plugin_that_cannot_initialise_is_refused(
+    running: tuple[Site, Server],
+) -> None:
+    """An LCAS plugin refusing its arguments refuses the new configuration, like an LCMAPS
+    one, instead of loading and then denying everyone while /health says ok."""
+    site, srv = running
+    with open(site.directory + "/lcas.db", "w") as fh:
+        fh.write('pluginname="lcas_userban.mod",pluginargs="no-such-ban-file.db"\n')
+    srv.hup()
+    _wait_log(srv, "reload rejected, keeping the running policy")
+    assert "cannot initialise lcas_userban.mod" in srv.log_text().split("reload rejected")[-1]
+    time.sleep(1.0)
+    assert _uid(site, srv) == 40001
+    assert srv.request("GET", "/health")[0] == 200
+
+
+def test_server_check_names_an_lcas_plugin_that_cannot_initialise(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import subprocess
+
+    from server_harness import SCAS_SERVER
+
+    site = Site(str(tmp_path_factory.mktemp("scas-lcas-init")))
+    site.write_config()
+    with open(site.directory + "/lcas.db", "w") as fh:
+        fh.write('pluginname="lcas_userban.mod",pluginargs="no-such-ban-file.db"\n')
+    proc = subprocess.run([SCAS_SERVER, "--config", site.config_path, "--check"],
+                          capture_output=True, text=True, cwd=site.directory, timeout=60)
+    assert proc.returncode != 0
+    assert "lcas.db: cannot initialise lcas_userban.mod" in proc.stderr + proc.stdout

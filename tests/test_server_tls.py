@@ -61,14 +61,16 @@ def test_server_gatekeeper_policy_chosen_by_action(server: Server, site: Site) -
     status, body = server.post(site.query(resource="ce", action="queue"))
     decision = _decision(body)
     assert status == 200 and decision.decision == "Deny"
-    assert "lcmaps_dummy_bad" in (decision.status_message or "")
+    assert decision.status_message == "not authorized"  # the class; the detail is audited
+    assert "lcmaps_dummy_bad" in site.audit_lines()[-1]["reason"]
 
 
 def test_server_unrouted_action_denied(server: Server, site: Site) -> None:
     _, body = server.post(site.query(resource="se", action="access"))
     decision = _decision(body)
     assert decision.decision == "Deny"
-    assert decision.status_message == "no policy for resource se action access"
+    assert decision.status_message == "not authorized"
+    assert site.audit_lines()[-1]["reason"] == "no policy for resource se action access"
 
 
 def test_server_untrusted_user_chain_denied(server: Server, site: Site, tmp_path: Path) -> None:
@@ -80,7 +82,8 @@ def test_server_untrusted_user_chain_denied(server: Server, site: Site, tmp_path
         _, body = server.post(site.query(cert_chain=fh.read()))
     decision = _decision(body)
     assert decision.decision == "Deny"
-    assert (decision.status_message or "").startswith("credential refused:")
+    assert decision.status_message == "not authorized"
+    assert site.audit_lines()[-1]["reason"].startswith("credential refused:")
     assert decision.uid is None
 
 
@@ -165,7 +168,9 @@ def test_server_health_reports_plugins_and_age(server: Server) -> None:
     assert status == 200 and report["ok"] is True
     assert "lcmaps_dummy_good.mod" in report["plugins"]["lcmaps"]
     assert report["config_age_seconds"] >= 0
-    assert report["lease_store"]["writable"] is True
+    assert report["lease_stores"] == []  # the dummy plugins write no lease store
+    assert report["audit"] == {"writable": True, "error": None}
+    assert report["lcas"] == {"plugins": 1, "failed": []}
 
 
 def _metric(text: str, name: str) -> float:

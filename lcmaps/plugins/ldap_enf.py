@@ -25,7 +25,7 @@ Like C it runs in verification mode too (it only makes the directory
 agree with the mapping). One connection per run, none kept on ``self``.
 
 Faults raise PluginUnavailable (host:port): unreachable, bind refused, timeout, failed op.
-The directory's answer about the mapping is a deny: id limits, entry missing or not unique.
+Answers about the mapping are a deny (ctx.fail): id limits, an entry missing or not unique.
 """
 
 from __future__ import annotations
