@@ -23,11 +23,13 @@ from __future__ import annotations
 
 from client import xacml_ids as ids
 from client.xacml_errors import (
+    ConflictingAttribute,
     InvalidEncoding,
     MalformedQuery,
     MalformedResponse,
     MessageTooLarge,
     MissingAttribute,
+    MustUnderstand,
     NotSoap,
     ResponseMismatch,
     SoapFaultReceived,
@@ -53,6 +55,7 @@ __all__ = [
     "CONTENT_TYPE_SOAP12",
     "DEFAULT_LIMITS",
     "AuthzRequest",
+    "ConflictingAttribute",
     "Decision",
     "InvalidEncoding",
     "Limits",
@@ -60,6 +63,7 @@ __all__ = [
     "MalformedResponse",
     "MessageTooLarge",
     "MissingAttribute",
+    "MustUnderstand",
     "NotSoap",
     "ResponseMismatch",
     "SoapFaultReceived",

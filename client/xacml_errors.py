@@ -1,8 +1,10 @@
 """One exception class per way a SCAS message can be refused.
 
 Each class carries the XACML status code it maps to (`status_code`), whether the reply is a
-SOAP Fault rather than an Indeterminate decision (`fault`), and a suggested HTTP status
-(`http_status`). The message is always one short line, safe to log and to send back.
+SOAP Fault rather than an Indeterminate decision (`fault`), the SOAP 1.1 faultcode local name
+for a fault (`faultcode`: Client, or MustUnderstand; SOAP 1.2 spells Client as Sender), and a
+suggested HTTP status (`http_status`). The message is always one short line, safe to log and
+to send back.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class XacmlError(Exception):
 
     status_code: ClassVar[str] = ids.STATUS_SYNTAX_ERROR
     fault: ClassVar[bool] = True
+    #: SOAP faultcode local name, used when `fault` is true
+    faultcode: ClassVar[str] = "Client"
     http_status: ClassVar[int] = 400
 
     def __init__(self, reason: str, *, request_id: str | None = None, soap12: bool = False):
@@ -57,6 +61,14 @@ class NotSoap(XacmlError):
     http_status = 500  # SOAP 1.1 HTTP binding: faults travel with 500
 
 
+class MustUnderstand(XacmlError):
+    """A SOAP header entry says mustUnderstand and we understand no header: the body is not
+    processed and the fault code is MustUnderstand (SOAP 1.1 and 1.2 alike)."""
+
+    faultcode = "MustUnderstand"
+    http_status = 500  # SOAP 1.1 and 1.2 HTTP bindings: faults travel with 500
+
+
 class MalformedQuery(XacmlError):
     """A SOAP envelope whose body is not a usable XACMLAuthzDecisionQuery."""
 
@@ -68,6 +80,13 @@ class MissingAttribute(MalformedQuery):
     """A well-formed query lacking an attribute needed for a decision."""
 
     status_code = ids.STATUS_MISSING_ATTRIBUTE
+
+
+class ConflictingAttribute(MalformedQuery):
+    """A single-valued identity attribute (cert-chain, subject-x509-id) sent with two
+    different values: answered Indeterminate with syntax-error, never reduced to the first."""
+
+    status_code = ids.STATUS_SYNTAX_ERROR
 
 
 class MalformedResponse(XacmlError):

@@ -3,6 +3,13 @@
 Everything is matched by namespace URI, never by prefix: the C library, OpenSAML and our own
 builder all use different prefixes. Both SOAP 1.1 and 1.2 envelopes and both generations of
 the SAML-XACML protocol namespace are accepted.
+
+We understand no SOAP header entry, so any header entry whose mustUnderstand (in the
+envelope's own namespace) is "1" or "true" is refused with a MustUnderstand fault before the
+body is looked at; "0", "false" or no attribute leaves the header ignored.
+A cert-chain or subject-x509-id sent more than once is used once if every copy is the same
+text after stripping surrounding whitespace, and refused as ConflictingAttribute
+(Indeterminate, syntax-error) if two copies differ, never silently reduced to the first.
 """
 
 from __future__ import annotations
@@ -17,8 +24,16 @@ from datetime import UTC, datetime
 from lxml import etree
 
 from client import xacml_ids as ids
-from client.xacml_errors import MalformedQuery, MissingAttribute, NotSoap, XacmlError
+from client.xacml_errors import (
+    ConflictingAttribute,
+    MalformedQuery,
+    MissingAttribute,
+    MustUnderstand,
+    NotSoap,
+    XacmlError,
+)
 from client.xacml_safe import Limits, parse_xml
+from safetext import one_line
 
 CATEGORIES = ("subject", "resource", "action", "environment")
 _SECTION = {
@@ -31,6 +46,11 @@ _ATTRIBUTE = f"{{{ids.NS_CONTEXT}}}Attribute"
 _VALUE = f"{{{ids.NS_CONTEXT}}}AttributeValue"
 _REQUEST = f"{{{ids.NS_CONTEXT}}}Request"
 _ISSUER = f"{{{ids.NS_SAML}}}Issuer"
+#: mustUnderstand spellings: SOAP 1.1 writes 1/0, SOAP 1.2 true/false/1/0; accept all in both
+_MUST = ("1", "true")
+_MAY_IGNORE = ("0", "false")
+#: how much of a header's {namespace}name goes into the fault string
+_NAME_LIMIT = 150
 
 
 @dataclass(frozen=True)
@@ -94,8 +114,9 @@ def _find_query(root: etree._Element) -> tuple[etree._Element, bool]:
     bodies = root.findall(f"{{{soap_ns}}}Body")
     if len(bodies) != 1:
         raise NotSoap("SOAP envelope must hold exactly one Body")
-    children = [c for c in bodies[0] if isinstance(c.tag, str)]
     soap12 = soap_ns == ids.NS_SOAP12
+    _refuse_mandatory_headers(root, soap_ns, soap12)
+    children = [c for c in bodies[0] if isinstance(c.tag, str)]
     if not children:
         raise MalformedQuery("SOAP Body is empty", soap12=soap12)
     query = children[0]
@@ -109,6 +130,41 @@ def _find_query(root: etree._Element) -> tuple[etree._Element, bool]:
     if len(children) > 1:
         raise MalformedQuery("SOAP Body holds more than one element", soap12=soap12)
     return query, soap12
+
+
+def _clark(element: etree._Element) -> str:
+    """{namespace}localname of an element, one printable line, bounded for a fault string."""
+    qname = etree.QName(element)
+    return one_line(f"{{{qname.namespace or ''}}}{qname.localname}", _NAME_LIMIT)
+
+
+def _refuse_mandatory_headers(root: etree._Element, soap_ns: str, soap12: bool) -> None:
+    """MustUnderstand if any header entry carries mustUnderstand true: we understand none.
+
+    Every entry is checked whatever its actor/role: refusing a mandatory header meant for
+    someone else is safer than ignoring one meant for us.
+    """
+    attribute = f"{{{soap_ns}}}mustUnderstand"
+    refused: list[str] = []
+    for header in root.iterchildren(f"{{{soap_ns}}}Header"):
+        for entry in header:
+            if not isinstance(entry.tag, str):
+                continue
+            raw = entry.get(attribute)
+            if raw is None or raw.strip() in _MAY_IGNORE:
+                continue
+            if raw.strip() not in _MUST:
+                raise NotSoap(
+                    f"mustUnderstand={one_line(raw, 20)!r} is not a boolean on header "
+                    f"{_clark(entry)}",
+                    soap12=soap12,
+                )
+            refused.append(_clark(entry))
+    if refused:
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise MustUnderstand(
+            f"mandatory SOAP header not understood{more}: {refused[0]}", soap12=soap12
+        )
 
 
 def _collect(request: etree._Element, request_id: str) -> list[tuple[str, str, str]]:
@@ -164,9 +220,11 @@ def parse_request(
     """Parse a SOAP-wrapped XACMLAuthzDecisionQuery into an AuthzRequest.
 
     Raises a subclass of XacmlError: MessageTooLarge / InvalidEncoding / XmlRejected / NotSoap
-    (answer with `soap_fault`), MalformedQuery / MissingAttribute (answer Indeterminate with
-    the exception's `status_code`; `error_response` does the right thing for all of them).
-    A query naming neither subject-x509-id nor cert-chain is a MissingAttribute.
+    / MustUnderstand (answer with a SOAP Fault whose code is the exception's `faultcode`),
+    MalformedQuery / MissingAttribute / ConflictingAttribute (answer Indeterminate with the
+    exception's `status_code`; `error_response` does the right thing for all of them).
+    A query naming neither subject-x509-id nor cert-chain is a MissingAttribute; one naming
+    two different values of either is a ConflictingAttribute.
     """
     root = parse_xml(body, Limits(max_bytes, max_depth, max_elements))
     query, soap12 = _find_query(root)
@@ -201,12 +259,16 @@ def _interpret(query: etree._Element, request_id: str, soap12: bool) -> AuthzReq
     def every(category: str, name: str) -> list[str]:
         return [v.strip() for c, a, v in attributes if c == category and a == name and v.strip()]
 
-    chain_value = next(
-        (v for c, a, v in attributes if c == "subject" and a == ids.ATTR_CERT_CHAIN and v.strip()),
-        None,
-    )
+    def single(category: str, name: str, what: str) -> str | None:
+        """The one value of an identity attribute; copies must agree (ConflictingAttribute)."""
+        distinct = dict.fromkeys(every(category, name))
+        if len(distinct) > 1:
+            raise ConflictingAttribute(f"two different {what} values", request_id=request_id)
+        return next(iter(distinct), None)
+
+    chain_value = single("subject", ids.ATTR_CERT_CHAIN, "cert-chain")
     cert_chain = _pem(chain_value, request_id) if chain_value is not None else None
-    subject_dn = first("subject", ids.ATTR_SUBJECT_DN)
+    subject_dn = single("subject", ids.ATTR_SUBJECT_DN, "subject-x509-id")
     if subject_dn is None and cert_chain is None:
         raise MissingAttribute("request names neither subject-x509-id nor cert-chain")
     others = every("subject", ids.ATTR_FQAN)

@@ -174,7 +174,10 @@ def build_response(
 
 
 def soap_fault(message: str, *, soap12: bool = False, code: str = "Client") -> bytes:
-    """A SOAP Fault for a body we could not treat as a query. `code` is Client or Server."""
+    """A SOAP Fault for a body we could not treat as a query.
+
+    `code` is Client, Server or MustUnderstand (SOAP 1.2: Sender, Receiver, MustUnderstand).
+    """
     env, body = envelope(soap12)
     soap_ns = etree.QName(env).namespace
     fault = etree.SubElement(body, f"{{{soap_ns}}}Fault")
@@ -196,7 +199,7 @@ def soap_fault(message: str, *, soap12: bool = False, code: str = "Client") -> b
 def error_response(error: XacmlError, *, issuer: str, now: datetime | None = None) -> bytes:
     """The reply for a refused message: a SOAP Fault or an Indeterminate, per the error's kind."""
     if error.fault:
-        return soap_fault(error.reason, soap12=error.soap12)
+        return soap_fault(error.reason, soap12=error.soap12, code=error.faultcode)
     decision = Decision.indeterminate(error.status_code, error.reason)
     return build_response(
         None,

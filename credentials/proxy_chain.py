@@ -30,9 +30,18 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import crypto
 
-from credentials.chain_cache import Verdict, VerdictCache, chain_key, watch_files
+from credentials.chain_cache import (
+    BoundedLRU,
+    MiB,
+    Verdict,
+    VerdictCache,
+    canonical_chain_key,
+    chain_key,
+    watch_files,
+)
 from credentials.dn import DNError, oid_to_dotted, oneline, read_tlv
 from credentials.errors import (
     Expired,
@@ -254,7 +263,16 @@ def _openssl_verify(
     return [c.to_cryptography() for c in verified]
 
 
-_crl_cache: dict[tuple[str, int, int], x509.CertificateRevocationList] = {}
+#: Parsed CRLs, one entry per CRL path: a rewritten file (new inode, mtime or size) replaces
+#: its entry. The paths come from the CA directory, so the count is the site's (an IGTF bundle
+#: has a few hundred CRLs); the bytes bound (PEM/DER as read) keeps a few very large CRLs from
+#: growing a worker without limit. Past either bound a CRL is simply read again.
+CRL_CACHE_ENTRIES = 1024
+CRL_CACHE_BYTES = 128 * MiB
+_CrlState = tuple[int, int, int]  # inode, mtime_ns, size
+_crl_cache: BoundedLRU[str, tuple[_CrlState, x509.CertificateRevocationList]] = BoundedLRU(
+    CRL_CACHE_ENTRIES, CRL_CACHE_BYTES
+)
 
 
 def _crls_for(issuer: x509.Certificate, certdir: str) -> list[x509.CertificateRevocationList]:
@@ -262,9 +280,11 @@ def _crls_for(issuer: x509.Certificate, certdir: str) -> list[x509.CertificateRe
     for path in sorted(glob.glob(os.path.join(certdir, subject_hash(issuer) + ".r[0-9]*"))):
         try:
             st = os.stat(path)
-            key = (path, st.st_mtime_ns, st.st_size)
-            crl = _crl_cache.get(key)
-            if crl is None:
+            state = (st.st_ino, st.st_mtime_ns, st.st_size)
+            cached = _crl_cache.get(path)
+            if cached is not None and cached[0] == state:
+                crl = cached[1]
+            else:
                 with open(path, "rb") as fh:
                     data = fh.read()
                 crl = (
@@ -272,7 +292,7 @@ def _crls_for(issuer: x509.Certificate, certdir: str) -> list[x509.CertificateRe
                     if b"-----BEGIN" in data
                     else x509.load_der_x509_crl(data)
                 )
-                _crl_cache[key] = crl
+                _crl_cache.put(path, (state, crl), len(data))
         except (OSError, ValueError) as exc:
             raise UntrustedIssuer(f"CRL {path} is unreadable: {exc}") from None
         if crl.issuer == issuer.subject:
@@ -345,6 +365,7 @@ def _check_policy(
             )
 
 
+#: Verified chains by what was verified (see :mod:`credentials.chain_cache` for keys and bounds).
 CACHE: VerdictCache[Verdict] = VerdictCache()
 
 
@@ -369,11 +390,11 @@ def verify_chain(
         infos = [info for info in found if info is not None]
         _check_policy(chain, ee_index, any(i.limited for i in infos), policy)
         return
-    key = chain_key(chain, ee_index, certdir)
-    verdict = CACHE.get(key, now)
+    presented = chain_key(chain, ee_index, certdir)
+    verdict = CACHE.get(presented, now)
     if verdict is None:
         verdict = _verify_in_full(chain, ee_index, certdir, now)
-        CACHE.put(key, verdict)
+        CACHE.put(presented, verdict.key, verdict, verdict.nbytes)
     _check_policy(chain, ee_index, verdict.limited, policy)
 
 
@@ -389,9 +410,13 @@ def _verify_in_full(
         _openssl_verify(chain[0], chain[1:], certdir, now, allow_proxies=True)
     involved = [*chain[: ee_index + 1], *path]
     not_after = min(c.not_valid_after_utc for c in involved)
+    # the cache key: what was verified (path[0] is the EE, path[-1] the trust anchor)
+    intermediates = tuple(c.public_bytes(Encoding.DER) for c in path[1:-1])
     return Verdict(
         not_before=max(c.not_valid_before_utc for c in involved),
         not_after=min(not_after, crl_due) if crl_due is not None else not_after,
         limited=any(i.limited for i in infos),
         files=watch_files(certdir, (subject_hash(c) for c in path[1:])),
+        key=canonical_chain_key(chain[: ee_index + 1], intermediates, ee_index, certdir),
+        intermediates=intermediates,
     )

@@ -207,8 +207,24 @@ def _raw_acs(value: bytes) -> list[bytes]:
     return found
 
 
-@lru_cache(maxsize=1024)
+#: VOMS extensions up to this size are remembered (a real one is 2-8 KiB); larger ones,
+#: which only a user signing odd proxies sends, are parsed every time, so the cache stays
+#: under 1024 x 16 KiB whatever callers send
+_CACHED_EXTENSION = 16 * 1024
+
+
 def _parse_extension(value: bytes) -> tuple[_ParsedAC, ...]:
+    if len(value) <= _CACHED_EXTENSION:
+        return _parse_extension_cached(value)
+    return _parse_extension_now(value)
+
+
+@lru_cache(maxsize=1024)
+def _parse_extension_cached(value: bytes) -> tuple[_ParsedAC, ...]:
+    return _parse_extension_now(value)
+
+
+def _parse_extension_now(value: bytes) -> tuple[_ParsedAC, ...]:
     try:
         parsed = []
         for raw_ac in _raw_acs(value):

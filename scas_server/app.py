@@ -3,8 +3,10 @@
 Everything that decides lives in :mod:`scas_server.decision` (bytes in,
 bytes out). Here: who is calling (:mod:`scas_server.peer`), cheap HTTP-level
 refusals before the body is read (caller not allowed -> 403, wrong content
-type -> 415, too large -> 413, empty -> 400), the WSDL, ``/health``,
-``/metrics`` and the audit line.
+type -> 415, too large -> 413, empty -> 400, body slower than ``body_timeout``
+-> 408), the WSDL, ``/health`` and ``/metrics`` (for callers on the PEP or
+monitoring allow-list only), and the audit line. Metric labels come from fixed
+sets, so no caller can grow ``/metrics``.
 
 Routes: ``POST`` on any path is a query (gSOAP servers ignore the path, the
 GUMS path works too); ``GET <any path>?wsdl`` is the WSDL.
@@ -31,6 +33,10 @@ log = logging.getLogger("scas.server")
 
 XML = "text/xml; charset=utf-8"
 SOAP_TYPES = ("text/xml", "application/soap+xml", "application/xml")
+# metric labels come from fixed sets, never from what a caller sent
+REFUSAL_CLASSES = {400: "empty", 403: "forbidden", 408: "slow-body", 413: "too-large",
+                   415: "content-type"}
+ACTIONS = frozenset({"execute-now", "queue", "access", "submit", "run", "read", "write"})
 
 
 # One Peer per connection: a keep-alive connection's certificate chain cannot change.
@@ -66,9 +72,37 @@ def create_app(pipeline: Pipeline) -> Flask:
             pipeline.audit.write(record)
         except OSError as exc:
             pipeline._audit_failed(record, exc)
-        metrics.REFUSALS.labels(str(status), reason.split(":")[0][:40]).inc()
+        metrics.REFUSALS.labels(str(status), REFUSAL_CLASSES.get(status, "other")).inc()
         body = pipeline.fault(reason, soap12="soap+xml" in (request.content_type or ""))
         return Response(body, status=status, content_type=XML)
+
+    def operator_only() -> Response | None:
+        """403 for anyone not on the PEP or monitoring allow-list; nothing else is shown."""
+        peer = _peer()
+        problem = pipeline.caller_refusal(peer, monitoring=True)
+        if problem is None:
+            return None
+        record = AuditRecord(pep=peer.describe(), decision="refused", reason=problem)
+        record.extra.update(http_status=403, path=request.path[:128])
+        try:
+            pipeline.audit.write(record)
+        except OSError as exc:
+            pipeline._audit_failed(record, exc)
+        metrics.REFUSALS.labels("403", "forbidden").inc()
+        return Response("forbidden\n", 403, content_type="text/plain; charset=utf-8")
+
+    def read_body(length: int) -> bytes | None:
+        """The body, read under ``body_timeout``; None when the client is too slow."""
+        sock = request.environ.get("gunicorn.socket")
+        if sock is not None:
+            sock.settimeout(cfg.body_timeout)
+        try:
+            return request.stream.read(length)
+        except OSError:  # socket.timeout included: a slow-body client loses its slot
+            return None
+        finally:
+            if sock is not None:
+                sock.settimeout(None)
 
     @app.post("/", defaults={"path": ""})
     @app.post("/<path:path>")
@@ -84,19 +118,25 @@ def create_app(pipeline: Pipeline) -> Flask:
         length = request.content_length
         if length is not None and length > cfg.max_body:
             return refuse(413, f"body of {length} bytes exceeds {cfg.max_body}", peer, t0)
-        body = request.stream.read(cfg.max_body + 1)
+        body = read_body(cfg.max_body + 1)
+        if body is None:
+            return refuse(408, f"body not received within {cfg.body_timeout:g} s", peer, t0)
         if len(body) > cfg.max_body:
             return refuse(413, f"body exceeds {cfg.max_body} bytes", peer, t0)
         if not body.strip():
             return refuse(400, "empty body", peer, t0)
         outcome = pipeline.answer(body, peer, started=t0)
         metrics.REQUEST_SECONDS.observe(time.perf_counter() - t0)
-        metrics.DECISIONS.labels(outcome.record.decision, outcome.record.action or "").inc()
+        action = outcome.record.action if outcome.record.action in ACTIONS else "other"
+        metrics.DECISIONS.labels(outcome.record.decision, action).inc()
         return Response(outcome.body, status=outcome.status, content_type=XML)
 
     @app.get("/", defaults={"path": ""})
     @app.get("/<path:path>")
     def wsdl(path: str) -> Response:
+        denied = operator_only()
+        if denied is not None:
+            return denied
         if "wsdl" not in {k.lower() for k in request.args}:
             return Response("POST a SOAP XACMLAuthzDecisionQuery, or GET ?wsdl\n", 404,
                             content_type="text/plain; charset=utf-8")
@@ -105,6 +145,9 @@ def create_app(pipeline: Pipeline) -> Flask:
 
     @app.get("/health")
     def health() -> Response:
+        denied = operator_only()
+        if denied is not None:
+            return denied
         report: dict[str, Any] = pipeline.health()
         status = 200 if report.get("ok") else 503
         return Response(json.dumps(report, sort_keys=True) + "\n", status,
@@ -112,6 +155,9 @@ def create_app(pipeline: Pipeline) -> Flask:
 
     @app.get("/metrics")
     def prometheus() -> Response:
+        denied = operator_only()
+        if denied is not None:
+            return denied
         return Response(metrics.render(), content_type=metrics.CONTENT_TYPE_LATEST)
 
     return app

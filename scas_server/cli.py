@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import glob
 import os
 import shutil
@@ -41,6 +42,17 @@ def _metrics_dir() -> None:
     atexit.register(cleanup)
 
 
+def _raise_fd_limit() -> None:
+    """Soft descriptor limit up to the hard one: each gevent worker holds one descriptor per
+    open connection (``worker_connections``), idle and stalled ones included."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scas-server", description="SCAS authorization service (SAML2-XACML2 over mTLS)"
@@ -53,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.check:
         _metrics_dir()
+        _raise_fd_limit()
     from scas_server.config import ConfigError
 
     if args.check:

@@ -25,8 +25,10 @@ DEFAULT_MAX_DEPTH = 64
 DEFAULT_TICKET_LIFETIME = 120
 # tickets are back-dated 30 s for clock skew; the whole window stays within 300 s
 MAX_TICKET_LIFETIME = 270
-# sync closes the connection after each reply; gthread keeps it open (keep-alive)
-WORKER_CLASSES = ("gthread", "sync")
+# gevent: one greenlet per connection, each phase under a deadline (the default: a few
+# stalled clients cannot occupy the workers); gthread: a thread pool, where a stalled TLS
+# handshake holds a thread; sync: one connection at a time, closed after each reply
+WORKER_CLASSES = ("gevent", "gthread", "sync")
 
 
 class ConfigError(Exception):
@@ -68,15 +70,19 @@ class ServerConfig:
     vomsdir: str | None = None
     socket_mode: int = 0o660
     workers: int = 2
-    worker_class: str = "gthread"
-    threads: int = 2  # measured: the best balance of keep-alive and handshake-per-query load
-    keepalive: int = 5
+    worker_class: str = "gevent"
+    threads: int = 2  # gthread only
+    keepalive: int = 5  # also the deadline for a request's headers (gevent)
     timeout: int = 30
+    worker_connections: int = 4096  # gevent: open connections per worker
+    handshake_timeout: float = 5.0  # seconds for the TLS handshake
+    body_timeout: float = 10.0  # seconds to read a request body
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca_dir: str | None = None
     crl_check: bool = True
     pep_allow: tuple[str, ...] = ()
+    monitor_allow: tuple[str, ...] = ()
     allowed_uids: tuple[int, ...] | None = None
     policies: tuple[PolicyRoute, ...] = ()
     ticket: TicketSettings | None = None
@@ -86,6 +92,7 @@ class ServerConfig:
     trust_pep_attributes: bool = False
     issuer: str = field(default_factory=socket.getfqdn)
     log_level: str = "info"
+    pidfile: str | None = None  # the master's pid, for logrotate's SIGUSR1 and for reloads
 
     @property
     def unix_socket(self) -> str | None:
@@ -214,9 +221,10 @@ def _patterns(value: list[Any]) -> str | None:
 
 TOP_KEYS = {
     "listen", "socket_mode", "workers", "worker_class", "threads", "keepalive", "timeout",
-    "tls", "trust", "pep_allow",
+    "worker_connections", "handshake_timeout", "body_timeout",
+    "tls", "trust", "pep_allow", "monitor_allow",
     "allowed_uids", "lcas", "lcmaps", "policies", "ticket", "audit",
-    "limits", "trust_pep_attributes", "issuer", "log_level",
+    "limits", "trust_pep_attributes", "issuer", "log_level", "pidfile",
 }  # fmt: skip
 
 
@@ -275,12 +283,20 @@ def parse_config(path: str, data: Any) -> ServerConfig:
         chk.error("socket_mode", "expected an octal mode such as 0660")
     workers = chk.get(data, "workers", "workers", int, 2, check=_positive(64))
     worker_class = chk.get(
-        data, "worker_class", "worker_class", str, "gthread",
+        data, "worker_class", "worker_class", str, "gevent",
         check=lambda v: None if v in WORKER_CLASSES else f"one of {', '.join(WORKER_CLASSES)}",
     )  # fmt: skip
     threads = chk.get(data, "threads", "threads", int, 2, check=_positive(256))
     keepalive = chk.get(data, "keepalive", "keepalive", int, 5, check=_non_negative(3600))
     timeout = chk.get(data, "timeout", "timeout", int, 30, check=_positive(3600))
+    if worker_class == "gevent" and keepalive == 0:
+        chk.error("keepalive", "must be at least 1 with gevent: it bounds the wait for headers")
+    connections = chk.get(data, "worker_connections", "worker_connections", int, 4096,
+                          check=_positive(100_000))
+    handshake_timeout = chk.get(data, "handshake_timeout", "handshake_timeout", (int, float),
+                                5.0, check=_positive(300))
+    body_timeout = chk.get(data, "body_timeout", "body_timeout", (int, float), 10.0,
+                           check=_positive(300))
 
     tls = chk.section("tls", {"cert", "key", "ca_dir", "crl_check"}, required=not unix)
     cert = chk.file(tls, "cert", "tls.cert", required=not unix)
@@ -293,6 +309,7 @@ def parse_config(path: str, data: Any) -> ServerConfig:
     vomsdir = chk.directory(trust, "vomsdir", "trust.vomsdir", required=False)
 
     pep_allow = chk.get(data, "pep_allow", "pep_allow", list, [], check=_patterns)
+    monitor_allow = chk.get(data, "monitor_allow", "monitor_allow", list, [], check=_patterns)
     if not unix and not pep_allow and "pep_allow" not in data:
         chk.error("pep_allow", "missing (list the DN patterns of the PEPs that may ask)")
     uids = chk.get(data, "allowed_uids", "allowed_uids", list)
@@ -307,6 +324,9 @@ def parse_config(path: str, data: Any) -> ServerConfig:
     policies = _policies(chk)
     ticket = _ticket(chk)
 
+    pidfile = chk.get(data, "pidfile", "pidfile", str)
+    if pidfile is not None:
+        pidfile = chk.path_of(pidfile)
     audit = chk.section("audit", {"file"})
     audit_file = chk.get(audit, "file", "audit.file", str, "-")
     if audit_file != "-":
@@ -338,6 +358,9 @@ def parse_config(path: str, data: Any) -> ServerConfig:
         worker_class=worker_class,
         threads=threads,
         keepalive=keepalive,
+        worker_connections=connections,
+        handshake_timeout=float(handshake_timeout),
+        body_timeout=float(body_timeout),
         timeout=timeout,
         tls_cert=cert,
         tls_key=keyf,
@@ -346,6 +369,8 @@ def parse_config(path: str, data: Any) -> ServerConfig:
         certdir=certdir,
         vomsdir=vomsdir,
         pep_allow=tuple(pep_allow),
+        monitor_allow=tuple(monitor_allow),
+        pidfile=pidfile,
         allowed_uids=tuple(uids) if uids is not None else None,
         lcas_db=lcas_db,
         lcmaps_db=lcmaps_db,

@@ -100,19 +100,26 @@ class Pipeline:
 
     # -- who may ask -------------------------------------------------------------
 
-    def caller_refusal(self, peer: Peer, *, now: datetime | None = None) -> str | None:
-        """Why this caller may not query, or None. Checked before the body is read."""
+    def caller_refusal(
+        self, peer: Peer, *, monitoring: bool = False, now: datetime | None = None
+    ) -> str | None:
+        """Why this caller may not query (or, with ``monitoring``, read /health, /metrics
+        and the WSDL), or None. Checked before the body is read."""
         cfg = self.config
         if peer.transport == "unix":
+            if monitoring and peer.uid == 0:
+                return None  # root on the node may look; it can read every file anyway
             if cfg.allowed_uids is not None and peer.uid not in cfg.allowed_uids:
                 return f"uid {peer.uid} is not allowed to query this service"
             return None
         if peer.transport != "tls" or not peer.subject:
             return "no authenticated caller (client certificate required)"
-        if not any(fnmatch.fnmatchcase(peer.subject, p) for p in cfg.pep_allow):
-            return f"PEP {peer.subject} is not on the allow-list"
-        if peer.is_proxy and cfg.crl_check and self._pep_credentials is not None:
-            # OpenSSL does not check revocation behind a proxy: check the end-entity here
+        allowed = (*cfg.pep_allow, *cfg.monitor_allow) if monitoring else cfg.pep_allow
+        if not any(fnmatch.fnmatchcase(peer.subject, p) for p in allowed):
+            listed = "allow-list" if not monitoring else "PEP or monitoring allow-list"
+            return f"PEP {peer.subject} is not on the {listed}"
+        if cfg.crl_check and self._pep_credentials is not None:
+            # the CRLs on disk now, for host certificates and the end-entity behind a proxy
             try:
                 self._pep_credentials.verify(chain_pem(peer), now=now)
             except CredentialError as exc:

@@ -36,12 +36,16 @@ def gunicorn_settings(cfg: ServerConfig) -> dict[str, Any]:
         "worker_class": cfg.worker_class,
         "threads": cfg.threads,
         "keepalive": cfg.keepalive,
+        "pidfile": cfg.pidfile,
+        "worker_connections": cfg.worker_connections,
         "timeout": cfg.timeout,
         "graceful_timeout": min(cfg.timeout, 10),
         "proc_name": "scas-server",
         "loglevel": cfg.log_level,
         "errorlog": "-",
         "child_exit": lambda server, worker: metrics.mark_dead(worker.pid),
+        # SIGUSR1 (logrotate) reopens gunicorn's logs and the audit log, in every worker
+        "logger_class": "scas_server.audit.ReopeningLogger",
         # request line and header bounds: a SOAP query needs little of either
         "limit_request_line": 8190,
         "limit_request_fields": 100,

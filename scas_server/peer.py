@@ -11,13 +11,26 @@ environ always start with ``HTTP_``.
 
 For a proxy certificate the PEP's identity is the end-entity certificate
 behind the proxies, exactly as for a user's credential.
+
+**Resumed TLS sessions.** OpenSSL keeps only the peer's leaf certificate in a
+session, so on a resumed session the verified chain is gone. A PEP with a host
+certificate is fully described by its leaf. For a proxy leaf, the chain seen at
+the full handshake is remembered here, keyed by the leaf's SHA-256: a leaf
+certificate names its issuer and carries its signature, so the chain above it is
+the one that verified then. Sessions resume only on the worker that made them
+(each worker has its own ticket keys), which is where the chain was remembered.
+The application verifies the chain again on every query, against the CRLs on
+disk, so resumption never skips a revocation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import ssl
 import struct
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,17 +70,49 @@ class Peer:
         return "none"
 
 
+class _Chains:
+    """Chains seen at full handshakes, by leaf SHA-256; LRU, bounded in entries and bytes."""
+
+    def __init__(self, max_entries: int = 20_480, max_bytes: int = 32 << 20) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._items: OrderedDict[bytes, tuple[bytes, ...]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def remember(self, ders: list[bytes]) -> None:
+        key, size = hashlib.sha256(ders[0]).digest(), sum(map(len, ders))
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return
+            self._items[key] = tuple(ders)
+            self._bytes += size
+            while len(self._items) > self.max_entries or self._bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= sum(map(len, old))
+
+    def recall(self, leaf: bytes) -> list[bytes] | None:
+        with self._lock:
+            found = self._items.get(hashlib.sha256(leaf).digest())
+        return list(found) if found is not None else None
+
+
+CHAINS = _Chains()
+
+
 def _verified_chain(sock: ssl.SSLSocket) -> list[x509.Certificate]:
-    getter = getattr(sock, "get_verified_chain", None)  # Python >= 3.13
-    if getter is None:
-        sslobj = getattr(sock, "_sslobj", None)
-        getter = getattr(sslobj, "get_verified_chain", None)
-    if getter is not None:
-        raw: list[Any] = list(getter() or [])
-        ders = [c if isinstance(c, bytes) else c.public_bytes(_ENCODING_DER) for c in raw]
-    else:  # pragma: no cover - only the leaf is available
+    """The chain that verified at this connection's handshake, also on a resumed session."""
+    sslobj = getattr(sock, "_sslobj", None)
+    getter = getattr(sock, "get_verified_chain", None) or getattr(
+        sslobj, "get_verified_chain", None
+    )  # public from Python 3.13
+    raw: list[Any] = list(getter() or []) if getter is not None else []
+    ders = [c if isinstance(c, bytes) else c.public_bytes(_ENCODING_DER) for c in raw]
+    if ders:
+        CHAINS.remember(ders)
+    else:  # resumed: the session kept the leaf only
         leaf = sock.getpeercert(binary_form=True)
-        ders = [leaf] if leaf else []
+        ders = (CHAINS.recall(leaf) or [leaf]) if leaf else []
     return [x509.load_der_x509_certificate(d) for d in ders]
 
 

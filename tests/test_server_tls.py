@@ -101,15 +101,14 @@ def test_server_client_without_certificate_refused_at_tls(server: Server) -> Non
         server.request("GET", "/health", cert=None)
 
 
-def test_server_revoked_pep_certificate_refused_at_tls(server: Server, site: Site) -> None:
+def test_server_revoked_pep_certificate_refused(server: Server, site: Site) -> None:
+    """Revocation is checked by the application against the CRLs on disk (so a new CRL
+    counts at once), before the body is read: 403 and an audit line."""
     revoked = site.revoked  # type: ignore[attr-defined]
-    with pytest.raises((ssl.SSLError, ConnectionError)) as info:
-        server.post(site.query(), cert=(revoked.cert_path, revoked.key_path))
-    assert "revoked" in str(info.value).lower() or isinstance(info.value, ssl.SSLError)
-    deadline = time.monotonic() + 5  # the worker logs the refusal after the handshake fails
-    while "certificate revoked" not in server.log_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "certificate revoked" in server.log_text()
+    status, body = server.post(site.query(), cert=(revoked.cert_path, revoked.key_path))
+    assert status == 403 and b"revoked" in body.lower()
+    line = site.audit_lines()[-1]
+    assert line["decision"] == "refused" and "revoked" in line["reason"]
 
 
 def test_server_proxy_certificate_as_client_accepted(server: Server, site: Site) -> None:
@@ -223,3 +222,26 @@ def test_server_huge_body_refused_before_reading(server: Server, site: Site) -> 
 def test_server_not_soap_gets_fault(server: Server) -> None:
     status, body = server.post(b"<hello/>")
     assert status == 500 and b"Fault" in body
+
+
+def test_server_monitoring_is_for_operators(server: Server, site: Site) -> None:
+    """/health, /metrics and the WSDL answer only PEPs and the monitoring allow-list. A
+    trusted certificate that is not on either (another host, a revoked PEP) gets 403 and
+    nothing that names a file, a plugin or a count."""
+    rogue = (site.rogue.cert_path, site.rogue.key_path)
+    revoked = (site.revoked.cert_path, site.revoked.key_path)  # type: ignore[attr-defined]
+    for cert in (rogue, revoked):
+        for path in ("/health", "/metrics", "/?wsdl"):
+            status, body = server.request("GET", path, cert=cert)
+            assert (status, body) == (403, b"forbidden\n"), path
+    assert server.request("GET", "/health")[0] == 200  # the PEP itself may look
+
+
+def test_server_metric_labels_are_a_fixed_set(server: Server, site: Site) -> None:
+    """What a caller sends (a content type, an action) never becomes a metric label."""
+    odd = "application/x-" + "z" * 30
+    assert server.post(site.query(), headers={"Content-Type": odd})[0] == 415
+    assert server.post(site.query(action="bogus-action-xyz"))[0] == 200
+    _, text = server.request("GET", "/metrics")
+    assert b"zzzz" not in text and b"bogus-action-xyz" not in text
+    assert b'reason="content-type"' in text and b'action="other"' in text
