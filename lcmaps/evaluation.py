@@ -77,7 +77,7 @@ class MappingResult:
     sgids: tuple[int, ...] = ()
     poolindex: str | None = None
     reason: str | None = None
-    exhausted: bool = False  # denied because a pool had no free account
+    kind: str | None = None  # for a deny: BANNED, EXHAUSTED (plugin_api) or None
 
     @property
     def permitted(self) -> bool:
@@ -227,7 +227,7 @@ def map_credential(
     )
     ctx = engine.run(request, policies)
     if ctx.reason is not None:
-        return MappingResult("deny", reason=ctx.reason, exhausted=ctx.exhausted)
+        return MappingResult("deny", reason=ctx.reason, kind=ctx.kind)
     data: CredentialData = ctx.data
     if len(data.uids) != 1:
         return MappingResult("deny", reason=f"found {len(data.uids)} uids, exactly 1 needed")

@@ -24,11 +24,16 @@ if TYPE_CHECKING:
     from leases.store import LeaseStore
 
 __all__ = [
-    "CredentialData", "Mode", "Plugin", "PluginInitError", "PluginUnavailable", "Request",
-    "RequestedAccount", "RunContext",
+    "BANNED", "EXHAUSTED", "CredentialData", "Mode", "Plugin", "PluginInitError",
+    "PluginUnavailable", "Request", "RequestedAccount", "RunContext",
 ]
 
 log = logging.getLogger("lcmaps")
+
+
+#: kinds of deny a client is told apart (the detail stays in the audit log)
+BANNED = "banned"
+EXHAUSTED = "exhausted"
 
 
 class PluginUnavailable(Exception):
@@ -111,7 +116,7 @@ class RunContext:
     request: Request
     data: CredentialData = field(default_factory=CredentialData)
     reason: str | None = None  # why the last failing plugin failed
-    exhausted: bool = False  # a pool had no free account (a Deny, but not "no mapping")
+    kind: str | None = None  # what kind of deny that was: BANNED, EXHAUSTED, or None
 
     @property
     def dn(self) -> str:
@@ -126,9 +131,10 @@ class RunContext:
     def verifying(self) -> bool:
         return self.request.mode is Mode.VERIFICATION
 
-    def fail(self, reason: str) -> bool:
-        """Record why a plugin failed and return False (the plugin's result)."""
-        self.reason = reason
+    def fail(self, reason: str, kind: str | None = None) -> bool:
+        """Record why a plugin failed (and, for the service's reply, whether it was a ban or a
+        full pool) and return False (the plugin's result)."""
+        self.reason, self.kind = reason, kind
         log.info("%s", one_line(reason))
         return False
 

@@ -250,7 +250,8 @@ class Pipeline:
             mapping = self.engines.map(dn, fqans, credential, route.lcmaps, now=now)
         except MappingRefused as exc:
             record.reason = f"LCMAPS: {exc.reason}"
-            return Decision.deny(NO_ACCOUNT if exc.exhausted else NOT_AUTHORIZED)
+            wire = {"banned": BANNED, "exhausted": NO_ACCOUNT}.get(exc.kind or "", NOT_AUTHORIZED)
+            return Decision.deny(wire)
         except PolicyError as exc:
             record.reason = exc.reason
             return Decision.indeterminate(ids.STATUS_PROCESSING_ERROR, UNAVAILABLE)

@@ -29,11 +29,12 @@ log = logging.getLogger("scas.server")
 
 
 class MappingRefused(Exception):
-    """LCMAPS found no account for this user (a Deny); ``exhausted`` when a pool was full."""
+    """LCMAPS found no account for this user (a Deny); ``kind`` says if it was a ban
+    (``banned``) or a full pool (``exhausted``)."""
 
-    def __init__(self, reason: str, *, exhausted: bool = False) -> None:
+    def __init__(self, reason: str, *, kind: str | None = None) -> None:
         self.reason = " ".join(reason.split())
-        self.exhausted = exhausted
+        self.kind = kind
         super().__init__(self.reason)
 
 
@@ -114,7 +115,7 @@ class Engines:
         except MappingUnavailable as exc:
             raise PolicyError(f"LCMAPS: {exc.reason}") from None
         if not result.permitted or result.uid is None or result.pgid is None:
-            raise MappingRefused(result.reason or "no mapping", exhausted=result.exhausted)
+            raise MappingRefused(result.reason or "no mapping", kind=result.kind)
         return Mapping(
             uid=result.uid,
             gid=result.pgid,

@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-bare", action="store_true", help="skip the bare endpoint")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--worker-class", choices=("gthread", "sync"), default="gthread")
+    p.add_argument("--worker-class", choices=("gevent", "gthread", "sync"), default="gevent")
     p.add_argument("--keep-accounts", action="store_true",
                    help="leave the stp* pool accounts for the next run (faster)")
     p.add_argument("--remove-accounts", action="store_true",

@@ -240,3 +240,31 @@ def test_audit_log_full_gives_indeterminate(
         assert health(server)[0] == 200
     finally:
         server.stop()
+
+
+def test_lcmaps_ban_says_banned(tmp_path: Path, accounts: None) -> None:
+    """A ban in lcmaps.db (lcmaps_ban_dn.mod) is told apart from "no mapping", like an
+    LCAS ban: the client learns it was banned, the audit line says by what."""
+    gmd = tmp_path / "gmd"
+    gmd.mkdir()
+    site = pool_site(tmp_path, gmd)
+    Path(site.directory, "ban_users.db").write_text(f'"{USER_DN}"\n')
+    Path(site.directory, "lcmaps.db").write_text(f"""\
+ban = "lcmaps_ban_dn.mod" "-banmapfile {site.directory}/ban_users.db"
+pool = "lcmaps_poolaccount.mod" "-gridmapfile {site.directory}/grid-mapfile"
+       "-gridmapdir {gmd}"
+
+glexec_get_account:
+ban -> pool
+
+gatekeeper:
+ban -> pool
+""")
+    server = Server(site, site.write_config())
+    try:
+        decision = ask(server, site)
+        assert (decision.decision, decision.status_message) == ("Deny", "banned")
+        assert "lcmaps_ban_dn" in site.audit_lines()[-1]["reason"]
+        assert not [n for n in os.listdir(gmd) if n.startswith("%")]  # no lease was made
+    finally:
+        server.stop()

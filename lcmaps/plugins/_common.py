@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from lcmaps import accounts
-from lcmaps.plugin_api import PluginInitError, RunContext
+from lcmaps.plugin_api import EXHAUSTED, PluginInitError, RunContext
 from leases.store import GridmapDirError, PoolExhausted
 from sitefiles.mapfile import GRID_SECURITY
 
@@ -23,9 +23,7 @@ def lease_failure(ctx: RunContext, plugin: str, exc: GridmapDirError) -> bool:
     an exhausted pool, fails the plugin like C."""
     if exc.unavailable:
         raise exc
-    if isinstance(exc, PoolExhausted):
-        ctx.exhausted = True
-    return ctx.fail(f"{plugin}: {exc}")
+    return ctx.fail(f"{plugin}: {exc}", EXHAUSTED if isinstance(exc, PoolExhausted) else None)
 
 
 def prefixed_file(name: str, plugin: str, opt: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lcmaps.plugin_api import Plugin, RunContext
+from lcmaps.plugin_api import BANNED, Plugin, RunContext
 from lcmaps.plugins._common import NO_WILDCARD_OPTS, prefixed_file, register_dn
 from sitefiles import mapfile
 from sitefiles.plugins import ArgWalker
@@ -45,7 +45,7 @@ class _Ban(Plugin):
             banlist = mapfile.load(self.banfile)
             for value in values:
                 if banlist.find_key(value, wildcards=self.wildcards) is not None:
-                    ctx.fail(f"{self.label}: {value} is banned")
+                    ctx.fail(f"{self.label}: {value} is banned", BANNED)
                     return True
         except mapfile.MapfileError as exc:
             ctx.fail(f"{self.label}: {exc}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lcmaps import accounts
-from lcmaps.plugin_api import Plugin, PluginInitError, RunContext
+from lcmaps.plugin_api import EXHAUSTED, Plugin, PluginInitError, RunContext
 from lcmaps.plugins._common import (
     GRIDMAPDIR_OPTS,
     GRIDMAPFILE_OPTS,
@@ -142,6 +142,7 @@ class VomsPoolAccount(_VomsAccount):
         if gmd is None:
             return ctx.fail(f"{self.label}: no gridmapdir (use -gridmapdir or $GRIDMAPDIR)")
         path = self.gridmapfile or default_gridmapfile()
+        exhausted = False
         for fqan in ctx.fqans:
             try:
                 m = mapfile.find_mapping(path, fqan, wildcards=True, kind="pool")
@@ -157,7 +158,7 @@ class VomsPoolAccount(_VomsAccount):
                                         strict_prefix=self.strict,
                                         override_inconsistency=self.override)
             except PoolExhausted:
-                ctx.exhausted = True
+                exhausted = True
                 continue
             except mapfile.MapfileError as exc:
                 return ctx.fail(f"{self.label}: {exc}")
@@ -167,4 +168,5 @@ class VomsPoolAccount(_VomsAccount):
                 return False
             ctx.data.set_poolindex(lease.name)
             return True
-        return ctx.fail(f"{self.label}: no pool account for any FQAN of {dn}")
+        return ctx.fail(f"{self.label}: no pool account for any FQAN of {dn}",
+                        EXHAUSTED if exhausted else None)

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 
 from lcmaps import accounts
-from lcmaps.plugin_api import Plugin, PluginInitError, RunContext
+from lcmaps.plugin_api import EXHAUSTED, Plugin, PluginInitError, RunContext
 from lcmaps.plugins._common import OVERRIDE_OPTS, lease_failure, prefixed_file
 from lcmaps.plugins.poolaccount import gridmapdir_for
 from leases import LeaseStore, store_for
@@ -82,7 +82,8 @@ class _VomsGroup(Plugin):
                 return lease_failure(ctx, self.label, exc)
             if group is None:
                 if self.mapall:
-                    return ctx.fail(f"{self.label}: no group for FQAN {i + 1} '{fqan}'")
+                    return ctx.fail(f"{self.label}: no group for FQAN {i + 1} '{fqan}'",
+                                    ctx.kind)
                 continue
             mapped += 1
             try:
@@ -95,7 +96,8 @@ class _VomsGroup(Plugin):
                 ctx.data.add_sgid(gid)
             ctx.data.vo_mappings.append((fqan, gid))
         if mapped < self.mapmin:
-            return ctx.fail(f"{self.label}: {mapped} groups found, minimum is {self.mapmin}")
+            return ctx.fail(f"{self.label}: {mapped} groups found, minimum is {self.mapmin}",
+                            ctx.kind)
         return True
 
 
@@ -131,5 +133,5 @@ class VomsPoolGroup(_VomsGroup):
             return gmd.acquire(m.pool, fqan, strict_prefix=self.strict,
                                override_inconsistency=self.override).account
         except PoolExhausted:
-            ctx.exhausted = True
+            ctx.kind = EXHAUSTED  # kept if this run then fails for want of a group
             return None
