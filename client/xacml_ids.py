@@ -77,6 +77,13 @@ ATTR_PILOT_DN = AI + "environment/pilot-job/subject-x509-id"
 ATTR_PILOT_DN_TYPO = AI + "environment/pilot-job/subject-x509_-id"
 ATTR_PILOT_PRIMARY_FQAN = AI + "environment/pilot-job/voms-primary-fqan"
 ATTR_CURRENT_DATETIME = "urn:oasis:names:tc:xacml:1.0:environment:current-dateTime"
+#: Local extension (not in the authz-interop profile v1.1): the real uid of the process that
+#: asks (glexec, running as the pilot), an xs:integer in the Environment. SCAS binds it into
+#: a glexec ticket: on the Unix socket it must equal the kernel's SO_PEERCRED uid; over TLS it
+#: is signed only for PEPs on the ticket allow-list (docs/ticket.md).
+ATTR_CALLER_UID = AI + "attribute/x-scas-stack/caller-uid"
+#: largest uid a caller-uid may state ((uid_t)-1 means "no change" to setresuid)
+MAX_UID = 4294967294
 
 RESOURCE_TYPE_PREFIX = AI + "resource/resource-type/"
 ACTION_TYPE_PREFIX = AI + "action/action-type/"

@@ -10,6 +10,8 @@ body is looked at; "0", "false" or no attribute leaves the header ignored.
 A cert-chain or subject-x509-id sent more than once is used once if every copy is the same
 text after stripping surrounding whitespace, and refused as ConflictingAttribute
 (Indeterminate, syntax-error) if two copies differ, never silently reduced to the first.
+The stated caller uid (x-scas-stack/caller-uid, Environment) is read the same way and must
+be plain decimal, 0..4294967294, no sign, no leading zero; anything else is a MalformedQuery.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class AuthzRequest:
     pep_dn: str | None = None
     pilot_dn: str | None = None
     pep_oblig_supported: tuple[str, ...] = ()
+    caller_uid: int | None = None  # the stated uid of the asking process (x-scas-stack)
     return_context: bool = False
     input_context_only: bool = False
     soap12: bool = False
@@ -204,6 +207,19 @@ def _pem(value: str, request_id: str) -> bytes:
     return decoded.strip() + b"\n"
 
 
+def _uid(value: str | None, request_id: str) -> int | None:
+    """A stated uid: `0` or `[1-9][0-9]*` up to MAX_UID, nothing else (no sign, no spaces)."""
+    if value is None:
+        return None
+    digits = value.isascii() and value.isdigit() and (value == "0" or value[0] != "0")
+    if not digits or len(value) > 10 or int(value) > ids.MAX_UID:
+        raise MalformedQuery(
+            f"caller-uid {one_line(value, 20)!r} is not a decimal uid (0..{ids.MAX_UID})",
+            request_id=request_id,
+        )
+    return int(value)
+
+
 def _suffix(value: str | None, prefix: str) -> str | None:
     if value is not None and value.startswith(prefix) and len(value) > len(prefix):
         return value[len(prefix) :]
@@ -276,6 +292,11 @@ def _interpret(query: etree._Element, request_id: str, soap12: bool) -> AuthzReq
     fqans = list(dict.fromkeys(([primary] if primary else []) + others))
     resource_id = first("resource", ids.ATTR_RESOURCE_ID)
     action_id = first("action", ids.ATTR_ACTION_ID)
+    caller_uid = _uid(single("environment", ids.ATTR_CALLER_UID, "caller-uid"), request_id)
+    if caller_uid is None and any(
+        c == "environment" and a == ids.ATTR_CALLER_UID for c, a, _ in attributes
+    ):
+        raise MalformedQuery("caller-uid is empty", request_id=request_id)
     return AuthzRequest(
         request_id=request_id,
         issue_instant=(query.get("IssueInstant") or "").strip() or None,
@@ -294,6 +315,7 @@ def _interpret(query: etree._Element, request_id: str, soap12: bool) -> AuthzReq
         pep_dn=first("resource", ids.ATTR_RESOURCE_DN),
         pilot_dn=first("environment", ids.ATTR_PILOT_DN, ids.ATTR_PILOT_DN_TYPO),
         pep_oblig_supported=tuple(dict.fromkeys(every("environment", ids.ATTR_OBLIG_SUPPORTED))),
+        caller_uid=caller_uid,
         return_context=_bool_attr(query, "ReturnContext", request_id),
         input_context_only=_bool_attr(query, "InputContextOnly", request_id),
         soap12=soap12,
@@ -364,16 +386,24 @@ def build_request(
     extra_attributes: Sequence[tuple[str, str, str]] = (),
     soap12: bool = False,
     query_ns: str = ids.NS_XACML_SAMLP_V2,
+    caller_uid: int | None = None,
 ) -> bytes:
     """A SOAP body asking for a decision, shaped like the C client's (see the golden vector).
 
     `resource`/`action` are a short type ("wn", "execute-now") or a full URI. The first FQAN
     is sent as voms-primary-fqan and every FQAN (the primary too) as voms-fqan; `vo` defaults
     to the first FQAN's group. `issuer` (saml:Issuer) defaults to `pep_dn`.
+    `caller_uid` (glexec: its own real uid) is sent as the x-scas-stack caller-uid
+    environment attribute (xs:integer); SCAS binds it into a glexec ticket.
     `extra_attributes` are (category, AttributeId, value) strings appended to their section.
     """
     if query_ns not in ids.QUERY_NAMESPACES:
         raise ValueError(f"unknown query namespace {query_ns}")
+    if caller_uid is not None and (
+        isinstance(caller_uid, bool) or not isinstance(caller_uid, int)
+        or not 0 <= caller_uid <= ids.MAX_UID
+    ):  # fmt: skip
+        raise ValueError(f"caller_uid must be an integer uid in 0..{ids.MAX_UID}")
     instant = utc_instant(now)
     env, body = envelope(soap12, query_ns)
     query = etree.SubElement(
@@ -417,6 +447,8 @@ def build_request(
     environment = sections["environment"]
     if pilot_dn:
         _add(environment, ids.ATTR_PILOT_DN, pilot_dn)
+    if caller_uid is not None:
+        _add(environment, ids.ATTR_CALLER_UID, str(caller_uid), ids.DT_INTEGER)
     for category, attribute_id, value in extra_attributes:
         if category not in sections:
             raise ValueError(f"unknown attribute category {category!r}")

@@ -53,11 +53,20 @@ class PolicyRoute:
 
 @dataclass(frozen=True)
 class TicketSettings:
-    """Ed25519 key for glexec mapping tickets; ``host`` defaults to this machine's FQDN."""
+    """Ed25519 key for glexec mapping tickets (docs/ticket.md, version 2).
+
+    ``host`` is the host named in tickets issued on the Unix socket (default: this
+    machine's FQDN); over TLS the ticket names the PEP's dns-host-name. Over TLS a ticket
+    is issued only to a PEP that states its caller uid and is on the ticket allow-list:
+    its identity DN matches a ``pep_allow`` pattern, or it is a proxy whose verified VOMS
+    FQANs match a ``pep_fqans`` pattern (fnmatch, both).
+    """
 
     key: str
     lifetime: int = DEFAULT_TICKET_LIFETIME
     host: str | None = None
+    pep_allow: tuple[str, ...] = ()
+    pep_fqans: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -253,8 +262,18 @@ def _policies(chk: _Checker) -> tuple[PolicyRoute, ...]:
     return tuple(routes)
 
 
+def _fqan_patterns(value: list[Any]) -> str | None:
+    problem = _patterns(value)
+    if problem is None and not all(p.startswith("/") for p in value):
+        return 'every FQAN pattern must start with "/" (e.g. "/*/Role=pilot")'
+    return problem
+
+
+_TICKET_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
 def _ticket(chk: _Checker) -> TicketSettings | None:
-    sect = chk.section("ticket", {"key", "lifetime", "host"})
+    sect = chk.section("ticket", {"key", "lifetime", "host", "pep_allow", "pep_fqans"})
     if not sect:
         return None
     key = chk.file(sect, "key", "ticket.key")
@@ -262,10 +281,18 @@ def _ticket(chk: _Checker) -> TicketSettings | None:
         sect, "lifetime", "ticket.lifetime", int, DEFAULT_TICKET_LIFETIME,
         check=_positive(MAX_TICKET_LIFETIME),
     )  # fmt: skip
-    host = chk.get(sect, "host", "ticket.host", str)
+    host = chk.get(
+        sect, "host", "ticket.host", str,
+        check=lambda v: None if _TICKET_HOST.fullmatch(v) else "must be a DNS host name",
+    )  # fmt: skip
+    pep_allow = chk.get(sect, "pep_allow", "ticket.pep_allow", list, [], check=_patterns)
+    pep_fqans = chk.get(sect, "pep_fqans", "ticket.pep_fqans", list, [], check=_fqan_patterns)
     if key is None:
         return None
-    return TicketSettings(key=key, lifetime=lifetime, host=host)
+    return TicketSettings(
+        key=key, lifetime=lifetime, host=host,
+        pep_allow=tuple(pep_allow), pep_fqans=tuple(pep_fqans),
+    )  # fmt: skip
 
 
 def parse_config(path: str, data: Any) -> ServerConfig:

@@ -37,7 +37,7 @@ from typing import Any
 
 from client import xacml
 from client.xacml import AuthzRequest, Decision, XacmlError, ids
-from credentials.credential import TrustStore
+from credentials.credential import Credential, TrustStore
 from credentials.credential_cache import CredentialCache
 from credentials.errors import CredentialError
 from leases.store import GridmapDirError
@@ -47,7 +47,7 @@ from scas_server.audit import AuditLog, AuditRecord
 from scas_server.config import ConfigError, ServerConfig
 from scas_server.engines import Engines, Mapping, MappingRefused, PolicyError, load_engines
 from scas_server.peer import Peer, chain_pem
-from scas_server.ticket import SigningKey, TicketError, sign_ticket
+from scas_server.ticket import SigningKey, TicketError, leaf_sha256, sign_ticket
 
 __all__ = ["Outcome", "Pipeline", "build_pipeline"]
 
@@ -96,6 +96,11 @@ class Pipeline:
         self._pep_credentials = (
             CredentialCache(TrustStore(certdir=config.tls_ca_dir), verify_voms=False)
             if config.tls_ca_dir else None
+        )  # fmt: skip
+        # tickets over TLS: the PEP proxy's VOMS FQANs, verified with the users' trust
+        self._ticket_peps = (
+            CredentialCache(self.trust, max_entries=4096)
+            if config.ticket is not None and config.ticket.pep_fqans else None
         )  # fmt: skip
 
     # -- who may ask -------------------------------------------------------------
@@ -259,36 +264,108 @@ class Pipeline:
         record.lease = _clean(mapping.lease)
         ticket = None
         if ids.OBLIG_TICKET in request.pep_oblig_supported and self.signer is not None:
-            ticket = self._ticket(peer, dn, mapping, record, now)
+            ticket = self._ticket(request, peer, dn, credential, mapping, record, now)
         return Decision.permit(
             uid=mapping.uid, gid=mapping.gid, sgids=mapping.sgids,
             username=mapping.username, ticket=ticket,
         )  # fmt: skip
 
     def _ticket(
-        self, peer: Peer, dn: str, mapping: Mapping, record: AuditRecord, now: datetime | None
-    ) -> str | None:
-        """A ticket bound to the kernel-reported caller uid; over TLS there is none to bind."""
+        self, request: AuthzRequest, peer: Peer, dn: str, credential: Credential | None,
+        mapping: Mapping, record: AuditRecord, now: datetime | None,
+    ) -> str | None:  # fmt: skip
+        """A version-2 ticket bound to the caller's uid, the worker node and the payload's
+        verified leaf certificate, or None with the reason in the audit line.
+
+        Unix socket: the kernel's uid (a stated uid must equal it), this node's host name.
+        TLS: the stated uid and the PEP's dns-host-name, only for a PEP on the ticket
+        allow-list. The stated uid is defence in depth, not the trust anchor: the helper
+        checks its real uid and a ticket is useless without the payload's private key.
+        """
         settings = self.config.ticket
-        if self.signer is None or settings is None or peer.transport != "unix" or peer.uid is None:
-            record.extra["ticket"] = "not issued: caller uid is only known on the Unix socket"
+        if request.caller_uid is not None:
+            record.extra["stated_caller_uid"] = request.caller_uid
+        caller_uid, host = None, None
+        if self.signer is None or settings is None:
+            refusal: str | None = "ticket signing is not configured"
+        elif credential is None:
+            refusal = "no verified payload chain to bind (attributes taken from the PEP)"
+        elif not mapping.username:
+            refusal = "mapped uid has no account name"
+        else:
+            refusal, caller_uid, host = self._ticket_binding(request, peer, now)
+        if refusal is not None or caller_uid is None or host is None:
+            record.extra["ticket"] = f"not issued: {refusal or 'caller unknown'}"
             return None
-        if not mapping.username:
-            record.extra["ticket"] = "not issued: mapped uid has no account name"
-            return None
+        assert self.signer is not None and settings is not None and credential is not None
         nonce = secrets.token_hex(16)
+        proxy_sha256 = leaf_sha256(credential.leaf)
         try:
             ticket = sign_ticket(
-                self.signer, host=settings.host or socket.getfqdn(), caller_uid=peer.uid,
-                user=mapping.username, uid=mapping.uid, gid=mapping.gid, sgids=mapping.sgids,
-                subject=dn, now=now or datetime.now(UTC), lifetime=settings.lifetime,
-                nonce=nonce,
+                self.signer, host=host, caller_uid=caller_uid,
+                user=mapping.username or "", uid=mapping.uid, gid=mapping.gid,
+                sgids=mapping.sgids, subject=dn, proxy_sha256=proxy_sha256,
+                now=now or datetime.now(UTC), lifetime=settings.lifetime, nonce=nonce,
             )  # fmt: skip
         except TicketError as exc:
             record.extra["ticket"] = f"not issued: {exc.reason}"
             return None
         record.ticket_nonce = nonce
+        record.extra["ticket_proxy_sha256"] = proxy_sha256
         return ticket
+
+    def _ticket_binding(
+        self, request: AuthzRequest, peer: Peer, now: datetime | None
+    ) -> tuple[str | None, int | None, str | None]:
+        """(why no ticket, caller uid, host) for this caller on this transport."""
+        settings = self.config.ticket
+        stated = request.caller_uid
+        if peer.transport == "unix":
+            if peer.uid is None:
+                return "the kernel reported no caller uid", None, None
+            if stated is not None and stated != peer.uid:
+                return f"stated caller uid {stated} is not the kernel's {peer.uid}", None, None
+            host = (settings.host if settings else None) or socket.getfqdn()
+            return None, peer.uid, host
+        if peer.transport != "tls" or not peer.subject:
+            return "caller uid is known only on the Unix socket or from a TLS PEP", None, None
+        if stated is None:
+            return "no stated caller uid (caller-uid attribute) over TLS", None, None
+        refusal = self._ticket_pep_refusal(peer, now)
+        if refusal is not None:
+            return refusal, None, None
+        if not request.host:
+            return "no dns-host-name in the request to bind the ticket to", None, None
+        return None, stated, request.host
+
+    def _ticket_pep_refusal(self, peer: Peer, now: datetime | None) -> str | None:
+        """Why this TLS PEP may not have a stated uid signed, or None: its identity DN is on
+        ticket.pep_allow, or it is a proxy whose verified VOMS FQANs match ticket.pep_fqans."""
+        settings = self.config.ticket
+        if settings is None or peer.subject is None:
+            return "ticket signing is not configured"
+        if any(fnmatch.fnmatchcase(peer.subject, p) for p in settings.pep_allow):
+            return None
+        if not settings.pep_fqans or self._ticket_peps is None:
+            return f"PEP {peer.subject} is not on ticket.pep_allow"
+        if not peer.is_proxy:
+            return f"PEP {peer.subject} is not on ticket.pep_allow and is not a proxy"
+        try:
+            cred = self._ticket_peps.verify(chain_pem(peer), now=now, source="PEP proxy")
+        except CredentialError as exc:
+            return f"PEP proxy's VOMS attributes not verified: {exc.reason}"
+        for fqan in cred.fqans:
+            short = _short_fqan(fqan)
+            if any(fnmatch.fnmatchcase(f, p) for p in settings.pep_fqans for f in (fqan, short)):
+                return None
+        return f"PEP {peer.subject} is not on ticket.pep_allow and has no FQAN on ticket.pep_fqans"
+
+
+def _short_fqan(fqan: str) -> str:
+    """``/vo/Role=pilot/Capability=NULL`` -> ``/vo/Role=pilot``; ``/vo/Role=NULL`` -> ``/vo``."""
+    for tail in ("/Capability=NULL", "/Role=NULL"):
+        fqan = fqan.removesuffix(tail)
+    return fqan
 
 
 def _load_signer(cfg: ServerConfig) -> SigningKey | None:

@@ -1,11 +1,16 @@
-"""The glexec mapping ticket: a short signed statement "caller X on host H may become user U".
+"""The glexec mapping ticket: a short signed statement "caller X on host H, holding the key of
+proxy P, may become user U".
 
 The setuid helper trusts nothing its caller says, only this ticket (DESIGN.md §6). The format
 (docs/ticket.md is the byte-level contract the C verifier implements) is deliberately dull:
-twelve `key=value` lines in a fixed order, decimal numbers, epoch seconds, no escaping; the
+thirteen `key=value` lines in a fixed order, decimal numbers, epoch seconds, no escaping; the
 wire form is base64(text) "." base64(Ed25519 signature over exactly those text bytes).
-`verify_ticket` is the reference verifier; the C helper must accept and refuse the same
-tickets (it additionally burns the nonce so a ticket works once).
+Version 2 (the only one issued or accepted) binds the ticket to the payload proxy SCAS
+verified: `proxy_sha256` is the SHA-256 of its leaf certificate's DER, and the helper checks
+that the caller holds that leaf's private key (proof of possession).
+`verify_ticket` is the reference verifier and `proof_of_possession` the reference for the
+key check; the C helper must accept and refuse the same tickets (it additionally burns the
+nonce so a ticket works once).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import base64
 import binascii
 import hashlib
+import hmac
 import os
 import re
 import secrets
@@ -24,18 +30,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-VERSION = 1
+from credentials.credential import load_pem
+from credentials.errors import CredentialError
+
+VERSION = 2
 MAX_VALIDITY = 300  # seconds from not_before to not_after, enforced by signer and verifiers
 MAX_SGIDS = 64
 MAX_TEXT = 4096
 MAX_WIRE = 8192
 KEYS = (
     "version", "key_id", "host", "caller_uid", "user", "uid", "gid",
-    "sgids", "subject", "not_before", "not_after", "nonce",
+    "sgids", "subject", "not_before", "not_after", "nonce", "proxy_sha256",
 )  # fmt: skip
 KEY_FILE_NAME = "scas_ticket_ed25519.key"
 CONF_KEY = "scas_ticket_key"
@@ -44,6 +54,7 @@ _DEC = re.compile(r"0|[1-9][0-9]{0,9}")
 _EPOCH = re.compile(r"0|[1-9][0-9]{0,11}")
 _HEX16 = re.compile(r"[0-9a-f]{16}")
 _NONCE = re.compile(r"[0-9a-f]{32}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _HOST = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
 _SGIDS = re.compile(r"(?:(?:0|[1-9][0-9]{0,9})(?:,(?:0|[1-9][0-9]{0,9})){0,63})?")
@@ -65,6 +76,10 @@ class TicketParameterError(TicketError, ValueError):
 
 class TicketMalformed(TicketError):
     """Not a ticket: bad base64, bad line structure, bad value syntax."""
+
+
+class TicketUnsupportedVersion(TicketMalformed):
+    """A correctly signed ticket of another format version (version 1 has no proxy binding)."""
 
 
 class TicketBadSignature(TicketError):
@@ -91,6 +106,11 @@ class TicketWrongCaller(TicketError):
     """Issued for another calling uid."""
 
 
+class TicketWrongProxy(TicketError):
+    """The presented proxy is not the one the ticket was issued for, or its key does not match
+    its leaf certificate (no proof of possession)."""
+
+
 class KeyFileError(TicketError):
     """A key file is missing, insecure, malformed, or would be overwritten."""
 
@@ -110,6 +130,7 @@ class Ticket:
     not_before: int
     not_after: int
     nonce: str
+    proxy_sha256: str
     version: int = VERSION
 
     def text(self) -> bytes:
@@ -127,8 +148,15 @@ class Ticket:
             "not_before": str(self.not_before),
             "not_after": str(self.not_after),
             "nonce": self.nonce,
+            "proxy_sha256": self.proxy_sha256,
         }
         return "".join(f"{k}={values[k]}\n" for k in KEYS).encode("utf-8")
+
+
+def leaf_sha256(leaf: x509.Certificate | bytes) -> str:
+    """`proxy_sha256` of a leaf certificate: SHA-256 of its DER, 64 lowercase hex digits."""
+    der = leaf if isinstance(leaf, bytes) else leaf.public_bytes(serialization.Encoding.DER)
+    return hashlib.sha256(der).hexdigest()
 
 
 def key_id_of(public: Ed25519PublicKey) -> str:
@@ -222,6 +250,7 @@ def _check_fields(t: Ticket, error: type[TicketError]) -> None:
         (0 <= t.not_before < t.not_after, "not_after must follow not_before"),
         (t.not_after - t.not_before <= MAX_VALIDITY, f"validity exceeds {MAX_VALIDITY} s"),
         (bool(_NONCE.fullmatch(t.nonce)), "nonce must be 32 lowercase hex digits"),
+        (bool(_SHA256.fullmatch(t.proxy_sha256)), "proxy_sha256 must be 64 lowercase hex digits"),
     ]
     for ok, reason in problems:
         if not ok:
@@ -238,13 +267,15 @@ def sign_ticket(
     gid: int,
     sgids: Sequence[int] = (),
     subject: str,
+    proxy_sha256: str,
     now: float | datetime,
     lifetime: int = 120,
     backdate: int = 30,
     nonce: str | None = None,
 ) -> str:
-    """A signed ticket, valid from now-`backdate` (clock skew) to now+`lifetime`.
+    """A signed version-2 ticket, valid from now-`backdate` (clock skew) to now+`lifetime`.
 
+    `proxy_sha256` is `leaf_sha256` of the leaf certificate of the payload chain SCAS verified.
     Refuses (TicketParameterError) a total validity above 300 s and root as target uid or gid.
     """
     if lifetime <= 0 or backdate < 0 or lifetime + backdate > MAX_VALIDITY:
@@ -264,6 +295,7 @@ def sign_ticket(
         not_before=max(0, start - backdate),
         not_after=start + lifetime,
         nonce=nonce or secrets.token_hex(16),
+        proxy_sha256=proxy_sha256,
     )
     _check_fields(ticket, TicketParameterError)
     text = ticket.text()
@@ -291,6 +323,14 @@ def parse_text(text: bytes) -> Ticket:
     if not decoded.endswith("\n") or "\r" in decoded or "\x00" in decoded:
         raise TicketMalformed("ticket text must be LF-terminated lines without CR or NUL")
     lines = decoded[:-1].split("\n")
+    # the version first, so an old or future ticket is refused for what it is
+    if lines[0] == "version=1":
+        raise TicketUnsupportedVersion(
+            "ticket format version 1 is refused: it does not bind the payload proxy "
+            "(no proxy_sha256); only version 2 is accepted"
+        )
+    if lines[0] != f"version={VERSION}":
+        raise TicketUnsupportedVersion(f"unsupported ticket version; only {VERSION} is accepted")
     if len(lines) != len(KEYS):
         raise TicketMalformed(f"ticket text must have exactly {len(KEYS)} lines")
     values: dict[str, str] = {}
@@ -320,6 +360,7 @@ def parse_text(text: bytes) -> Ticket:
         not_before=int(values["not_before"]),
         not_after=int(values["not_after"]),
         nonce=values["nonce"],
+        proxy_sha256=values["proxy_sha256"],
     )
     _check_fields(ticket, TicketMalformed)
     return ticket
@@ -332,11 +373,14 @@ def verify_ticket(
     now: float | datetime,
     host: str,
     caller_uid: int,
+    proxy_sha256: str | None = None,
 ) -> Ticket:
     """Check signature, key id, syntax, host, caller uid and validity window; return the fields.
 
     Order matters and the C helper follows it: size, split, base64, signature, then parse.
-    Does not burn the nonce (the helper does, with O_CREAT|O_EXCL).
+    With `proxy_sha256` (from `proof_of_possession` on the presented proxy) the ticket's
+    must equal it; the helper always makes that check. Does not burn the nonce (the helper
+    does, with O_CREAT|O_EXCL).
     """
     key = parse_public_key(public_key) if isinstance(public_key, str) else public_key
     if len(ticket) > MAX_WIRE:
@@ -363,7 +407,26 @@ def verify_ticket(
         raise TicketNotYetValid("ticket is not valid yet")
     if moment >= fields.not_after:
         raise TicketExpired("ticket has expired")
+    if proxy_sha256 is not None and not hmac.compare_digest(fields.proxy_sha256, proxy_sha256):
+        raise TicketWrongProxy("ticket was issued for another proxy (proxy_sha256 differs)")
     return fields
+
+
+def proof_of_possession(proxy_pem: bytes) -> str:
+    """The presented proxy's `proxy_sha256`, once its private key is shown to match its leaf.
+
+    `proxy_pem` is a proxy file (leaf certificate first, its private key, then the rest of
+    the chain). The reference for the helper's check: the file must carry a private key and
+    it must be the leaf's (same public key), so whoever presents it holds what the chain SCAS
+    verified was issued to. Compare the result with the ticket's `proxy_sha256`.
+    """
+    try:
+        cred = load_pem(proxy_pem, source="proxy")
+    except CredentialError as exc:
+        raise TicketWrongProxy(exc.reason) from None
+    if cred.key is None:
+        raise TicketWrongProxy("proxy carries no private key")
+    return leaf_sha256(cred.leaf)
 
 
 def _create(path: Path, data: bytes, mode: int) -> None:

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from scas_server.ticket import (
+    KEYS,
+    VERSION,
     KeyFileError,
     SigningKey,
     Ticket,
@@ -23,21 +30,36 @@ from scas_server.ticket import (
     TicketMalformed,
     TicketNotYetValid,
     TicketParameterError,
+    TicketUnsupportedVersion,
     TicketWrongCaller,
     TicketWrongHost,
     TicketWrongKey,
+    TicketWrongProxy,
     cmd_keygen,
     keygen,
+    leaf_sha256,
     parse_public_key,
+    proof_of_possession,
     sign_ticket,
     verify_ticket,
 )
+from testkit.pki import TestPKI
 
 DOC = Path(__file__).parent.parent / "docs" / "ticket.md"
 NOW = 1795331954
 KEY = SigningKey.from_private(Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
 PUB = KEY.verify_key()
 JANE = "/DC=org/DC=example/OU=People/CN=Jane Doe 12345"
+LEAF = hashlib.sha256(b"example leaf certificate").hexdigest()
+#: the worked example of format version 1 (docs/ticket.md before version 2): validly signed
+#: with the test key, for caller uid 1001 on wn01.example.org at 1795331954
+V1_EXAMPLE = (
+    "dmVyc2lvbj0xCmtleV9pZD01NjQ3NWFhNzU0NjM0NzRjCmhvc3Q9d24wMS5leGFtcGxlLm9yZwpjYWxsZXJfdWlk"
+    "PTEwMDEKdXNlcj1kdGVhbTAwMQp1aWQ9NDAwMDEKZ2lkPTQwMDAKc2dpZHM9NDAwMSw0MDAyCnN1YmplY3Q9L0RD"
+    "PW9yZy9EQz1leGFtcGxlL09VPVBlb3BsZS9DTj1KYW5lIERvZSAxMjM0NQpub3RfYmVmb3JlPTE3OTUzMzE5MjQK"
+    "bm90X2FmdGVyPTE3OTUzMzIwNzQKbm9uY2U9MDAxMTIyMzM0NDU1NjY3Nzg4OTlhYWJiY2NkZGVlZmYK"
+    ".KWqUlT1XJDXWrKXVNfSUHyoLH91hqMVibMopghxXFuHAvbGibQBOZS2b3k/B/iFMBa/9+Gv8uvDyFR6GkR+qAg=="
+)
 
 
 def _sign(**overrides: object) -> str:
@@ -49,6 +71,7 @@ def _sign(**overrides: object) -> str:
         "gid": 4000,
         "sgids": (4001, 4002),
         "subject": JANE,
+        "proxy_sha256": LEAF,
         "now": NOW,
     }
     args.update(overrides)
@@ -75,6 +98,19 @@ def test_ticket_sign_verify_roundtrip() -> None:
     assert fields.subject == JANE and fields.caller_uid == 1001
     assert fields.not_before == NOW - 30 and fields.not_after == NOW + 120
     assert re.fullmatch(r"[0-9a-f]{32}", fields.nonce)
+    assert fields.version == VERSION == 2 and fields.proxy_sha256 == LEAF
+
+
+def test_ticket_v2_text_layout_is_v1_plus_proxy_sha256() -> None:
+    """The exact layout the C helper parses: the twelve v1 keys in order, then proxy_sha256."""
+    lines = _verify(_sign()).text().decode().split("\n")
+    assert lines[-1] == "" and len(lines) == 14
+    assert [line.split("=", 1)[0] for line in lines[:-1]] == [
+        "version", "key_id", "host", "caller_uid", "user", "uid", "gid",
+        "sgids", "subject", "not_before", "not_after", "nonce", "proxy_sha256",
+    ]  # fmt: skip
+    assert list(KEYS) == [line.split("=", 1)[0] for line in lines[:-1]]
+    assert lines[0] == "version=2" and lines[12] == f"proxy_sha256={LEAF}"
 
 
 def test_ticket_nonces_differ() -> None:
@@ -94,14 +130,95 @@ def test_ticket_doc_example_verifies() -> None:
     wire = re.search(r"^(dmVy\S+)\n(\.\S+)$", doc, re.M)
     assert wire is not None
     ticket = wire.group(1) + wire.group(2)
-    host = "wn01.example.org"
-    fields = verify_ticket(ticket, line.group(0), now=NOW, host=host, caller_uid=1001)
-    text_block = re.search(r"^```\n(version=1\n.*?)```$", doc, re.M | re.S)
+    now, host = 1800000000, "wn02.example.org"
+    assert "signed at epoch 1800000000 (2027-01-15T08:00:00Z)" in doc
+    assert datetime.fromtimestamp(now, UTC).isoformat() == "2027-01-15T08:00:00+00:00"
+    fields = verify_ticket(
+        ticket, line.group(0), now=now, host=host, caller_uid=1002, proxy_sha256=LEAF
+    )
+    text_block = re.search(r"^```\n(version=2\n.*?)```$", doc, re.M | re.S)
     assert text_block is not None
-    assert base64.b64decode(ticket.split(".")[0]).decode() == text_block.group(1)
-    assert fields.text().decode() == text_block.group(1)
-    assert ticket == _sign(nonce="00112233445566778899aabbccddeeff")  # Ed25519 is deterministic
-    assert f"TEXT ({len(fields.text())} bytes" in doc
+    text = text_block.group(1).encode()
+    assert base64.b64decode(ticket.split(".")[0]) == text
+    assert fields.text() == text
+    assert f"TEXT ({len(text)} bytes" in doc
+    assert "SHA-256 of the 24 ASCII bytes `example leaf certificate`" in doc
+    assert len(b"example leaf certificate") == 24
+    # the signature is the documented key's over exactly TEXT (Ed25519 is deterministic)
+    assert base64.b64decode(ticket.split(".")[1]) == KEY.private_key.sign(text)
+    again = sign_ticket(
+        KEY, host=host, caller_uid=1002, user="dteam002", uid=40002, gid=4000,
+        sgids=(4001, 4002), subject=JANE, proxy_sha256=LEAF, now=now,
+        nonce="ffeeddccbbaa99887766554433221100",
+    )  # fmt: skip
+    assert again == ticket
+    assert "It verifies for `now` in [1799999970, 1800000120)" in doc
+    with pytest.raises(TicketExpired):
+        verify_ticket(ticket, PUB, now=1800000120, host=host, caller_uid=1002)
+    with pytest.raises(TicketWrongProxy):
+        verify_ticket(ticket, PUB, now=now, host=host, caller_uid=1002, proxy_sha256="0" * 64)
+
+
+def test_ticket_version_1_refused_with_clear_reason() -> None:
+    """The old v1 example is correctly signed and in its window, and still refused."""
+    wn01 = {"host": "wn01.example.org", "caller_uid": 1001}
+    with pytest.raises(TicketUnsupportedVersion, match="version 1 is refused"):
+        verify_ticket(V1_EXAMPLE, PUB, now=1795331954, **wn01)  # type: ignore[arg-type]
+    v1 = b"".join(line + b"\n" for line in _text(version="1").split(b"\n")[:12])
+    assert v1.count(b"\n") == 12 and b"proxy_sha256" not in v1
+    with pytest.raises(TicketUnsupportedVersion, match="version 1 is refused"):
+        _verify(_resign(v1))
+    with pytest.raises(TicketUnsupportedVersion, match="version 1 is refused"):
+        _verify(_resign(_text(version="1")))  # v1 with a 13th line is no better
+    with pytest.raises(TicketUnsupportedVersion, match="only 2 is accepted"):
+        _verify(_resign(_text(version="3")))
+    assert issubclass(TicketUnsupportedVersion, TicketMalformed)
+
+
+def test_ticket_signer_issues_only_v2() -> None:
+    with pytest.raises(TypeError, match="proxy_sha256"):  # no ticket without the binding
+        sign_ticket(  # type: ignore[call-arg]
+            KEY, host="h", caller_uid=1, user="u", uid=5, gid=5, subject="/CN=x", now=NOW
+        )
+    assert base64.b64decode(_sign().split(".")[0]).startswith(b"version=2\n")
+
+
+@pytest.fixture(scope="module")
+def ticket_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    return TestPKI(tmp_path_factory.mktemp("ticket-pki"), reuse_keys=True)
+
+
+def test_ticket_proof_of_possession(ticket_pki: TestPKI) -> None:
+    """The helper's check: the proxy's key matches its leaf, whose hash is proxy_sha256."""
+    user = ticket_pki.user("pop", "/DC=org/DC=example/O=Users/CN=Pop User")
+    path = ticket_pki.proxy(user, fqans=["/dteam"])
+    pem = Path(path).read_bytes()
+    leaf = x509.load_pem_x509_certificates(pem)[0]
+    digest = proof_of_possession(pem)
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    assert digest == leaf_sha256(leaf) == leaf_sha256(der) == hashlib.sha256(der).hexdigest()
+    assert re.fullmatch(r"[0-9a-f]{64}", digest)
+    ticket = _sign(proxy_sha256=digest)
+    assert _verify(ticket, proxy_sha256=digest).proxy_sha256 == digest
+    other = proof_of_possession(Path(ticket_pki.proxy(user)).read_bytes())
+    with pytest.raises(TicketWrongProxy):
+        _verify(ticket, proxy_sha256=other)
+    # the public chain alone (what anyone can see) proves nothing
+    certs = x509.load_pem_x509_certificates(pem)
+    chain_only = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+    with pytest.raises(TicketWrongProxy, match="no private key"):
+        proof_of_possession(chain_only)
+    # a key that is not the leaf's: refused
+    stranger = rsa.generate_private_key(65537, 2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )  # fmt: skip
+    leaf_end = chain_only.index(b"-----END CERTIFICATE-----\n") + 26
+    swapped = chain_only[:leaf_end] + stranger + chain_only[leaf_end:]
+    with pytest.raises(TicketWrongProxy, match="does not match"):
+        proof_of_possession(swapped)
+    with pytest.raises(TicketWrongProxy):
+        proof_of_possession(b"not pem")
 
 
 def test_ticket_tampered_text_refused() -> None:
@@ -129,7 +246,7 @@ def test_ticket_wrong_key_id_refused() -> None:
     good = Ticket(
         key_id="0123456789abcdef", host="wn01.example.org", caller_uid=1001, user="u",
         uid=5, gid=5, sgids=(), subject="/CN=x", not_before=NOW, not_after=NOW + 60,
-        nonce="0" * 32,
+        nonce="0" * 32, proxy_sha256=LEAF,
     )  # fmt: skip
     with pytest.raises(TicketWrongKey):
         _verify(_resign(good.text()))
@@ -179,7 +296,23 @@ def test_ticket_validity_of_exactly_300s_allowed() -> None:
         {"host": "wn01.example.org\n"},
         {"sgids": tuple(range(1, 66))},
         {"uid": 4294967295},
+        {"caller_uid": -1},
+        {"caller_uid": 4294967295},
         {"nonce": "xyz"},
+        {"nonce": "0" * 31},
+        {"nonce": "A" * 32},
+        {"proxy_sha256": ""},
+        {"proxy_sha256": LEAF[:-1]},
+        {"proxy_sha256": LEAF + "0"},
+        {"proxy_sha256": LEAF.upper()},
+        {"proxy_sha256": "g" * 64},
+        {"host": ""},
+        {"host": "-wn.example.org"},
+        {"host": "wn_01.example.org"},
+        {"subject": "/CN=" + "x" * 1021},
+        {"subject": "/CN=del\x7f"},
+        {"user": ""},
+        {"user": "a b"},
     ],
 )
 def test_ticket_bad_fields_refused_at_signing(overrides: dict[str, object]) -> None:
@@ -211,7 +344,35 @@ def _text(**changes: str) -> bytes:
         _text(uid="040001"),
         _text(uid="+40001"),
         _text(sgids="4001, 4002"),
-        _text(version="2"),
+        _text(version="02"),
+        _text(version=""),
+        _text(key_id="56475AA75463474C"),
+        _text(key_id="56475aa75463474"),
+        _text(host="WN01.example.org"),
+        _text(host="wn01.example.org."),
+        _text(caller_uid="-1"),
+        _text(caller_uid="4294967295"),
+        _text(caller_uid=" 1001"),
+        _text(user="dteam 001"),
+        _text(uid="99999999999"),
+        _text(gid="4000 "),
+        _text(sgids="4001,"),
+        _text(sgids=",4001"),
+        _text(sgids=",".join(["4001"] * 65)),
+        _text(subject="CN=x"),
+        _text(subject=""),
+        _text(not_before="01795331924"),
+        _text(not_before="1" * 13),
+        _text(not_after="-1"),
+        _text(nonce="0" * 33),
+        _text(nonce="G" * 32),
+        _text(proxy_sha256=LEAF.upper()),
+        _text(proxy_sha256=LEAF[:63]),
+        _text(proxy_sha256=LEAF + "00"),
+        _text(proxy_sha256=""),
+        _text(proxy_sha256=" " + LEAF),
+        b"".join(line + b"\n" for line in _text().split(b"\n")[:12]),  # v2 without line 13
+        _text() + b"\n",
         _text().replace(b"\n", b"\r\n"),
         _text().rstrip(b"\n"),
         _text() + b"extra=1\n",
@@ -238,7 +399,7 @@ def test_ticket_strict_parser_refuses_signed_but_noncanonical_text(text: bytes) 
         lambda t: t.split(".")[0] + "." + base64.b64encode(b"short").decode(),
     ],
 )
-def test_ticket_malformed_wire_refused(mangle) -> None:  # type: ignore[no-untyped-def]
+def test_ticket_malformed_wire_refused(mangle: Callable[[str], str]) -> None:
     with pytest.raises(TicketMalformed):
         _verify(mangle(_sign()))
 
@@ -253,8 +414,9 @@ def test_keygen_modes_and_public_line(tmp_path: Path) -> None:
     key = SigningKey.from_file(private)
     assert parse_public_key(line).key_id == key.key_id
     ticket = sign_ticket(
-        key, host="h", caller_uid=1, user="u", uid=5, gid=5, subject="/CN=x", now=NOW
-    )
+        key, host="h", caller_uid=1, user="u", uid=5, gid=5, subject="/CN=x",
+        proxy_sha256=LEAF, now=NOW,
+    )  # fmt: skip
     assert verify_ticket(ticket, line, now=NOW, host="h", caller_uid=1).uid == 5
 
 
