@@ -29,7 +29,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sitefiles": frozenset({"safetext"}),
     "client": frozenset({"safetext"}),
     "lcas": frozenset({"credentials", "sitefiles", "safetext"}),
-    "lcmaps": frozenset({"credentials", "leases", "sitefiles", "safetext"}),
+    # client is a leaf (it imports nothing of ours): the scas_client plugin may use it
+    "lcmaps": frozenset({"credentials", "leases", "sitefiles", "client", "safetext"}),
     "scas_server": frozenset(
         {"credentials", "leases", "sitefiles", "lcas", "lcmaps", "client", "safetext"}
     ),
