@@ -33,11 +33,11 @@ LIST_MAX = 2048  # the helper's LIST buffer (joined list, with commas)
 
 #: never passed to a payload, whatever the config or the caller says (= setuid_helper.c)
 BAD_PREFIXES = tuple(
-    "LD_ MALLOC_ PYTHON PERL RUBY NODE_ BASH_FUNC_ GLIBC_ JAVA_TOOL_ _JAVA_".split()
+    "LD_ MALLOC_ PYTHON PERL RUBY NODE_ BASH_FUNC_ GLIBC_ JAVA_TOOL_ _JAVA_ OPENSSL_".split()
 )
 BAD_NAMES = frozenset(
     "GCONV_PATH GETCONF_DIR HOSTALIASES IFS LOCALDOMAIN LOCPATH NIS_PATH NLSPATH RESOLV_HOST_CONF "
-    "RES_OPTIONS TZDIR BASH_ENV ENV SHELLOPTS BASHOPTS PS4 OPENSSL_CONF OPENSSL_MODULES".split()
+    "RES_OPTIONS TZDIR BASH_ENV ENV SHELLOPTS BASHOPTS PS4".split()
 )
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 

@@ -2,16 +2,9 @@
  * setuid_helper: the trusted half of glexec (DESIGN.md section 6, step 4), installed setuid root.
  * Its caller (argv, environment, descriptors) is hostile; it trusts only the root-owned config
  * GLEXEC_CONF, a ticket signed with the configured Ed25519 key (docs/ticket.md, version 2 only)
- * and its own check that the caller holds the payload proxy's private key. Usage:
- *   setuid_helper --ticket-fd N --proxy-fd M [--target-proxy /PATH] [--status-fd K]
- *                 [--env NAME=VALUE]... [--linger | --exec] -- /ABS/COMMAND [ARG]...
- * N, M, K: inherited descriptors >= 3. N: the ticket (<= 8192 chars, one final LF allowed). M: the
- * payload proxy PEM (leaf certificate, its unencrypted key, the chain; < 64 KiB), written to
- * --target-proxy as the target (O_EXCL, 0600; X509_USER_PROXY). K: one JSON line {"phase", "exit",
- * "signal", "reason"} at the end (none after exec). --env NAME must be in preserve_env_variables,
- * never LD_*, MALLOC_*, ... --linger/--exec override the config. Each option once, --env excepted.
- * Exit: 201 caller error, 202 system error, 203 authorization refused, 204 the payload exited
- * 201..204, 126 the payload could not be executed, else the payload's status (128+N: signal N).
+ * and its own proof that the caller holds the payload proxy's key. Interface: README, "glexec".
+ * Exit: 201 caller error, 202 system error, 203 refused, 204 the payload exited 201..204,
+ * 126 the payload could not be executed, else the payload's status (128+N: signal N).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -55,18 +48,16 @@ static const char *const FRONT_KEYS[] = { "scas_endpoints", "scas_socket", "scas
     "scas_timeout", "scas_deadline", "certdir", "vomsdir", "log_level", NULL };
 /* Never passed to a payload, whatever the config or the caller says. */
 static const char *const BAD_PREFIX[] = { "LD_", "MALLOC_", "PYTHON", "PERL", "RUBY", "NODE_",
-    "BASH_FUNC_", "GLIBC_", "JAVA_TOOL_", "_JAVA_", NULL };
+    "BASH_FUNC_", "GLIBC_", "JAVA_TOOL_", "_JAVA_", "OPENSSL_", NULL };
 static const char *const BAD_NAME[] = { "GCONV_PATH", "GETCONF_DIR", "HOSTALIASES", "IFS",
     "LOCALDOMAIN", "LOCPATH", "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS",
-    "TZDIR", "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "OPENSSL_CONF", "OPENSSL_MODULES",
-    NULL };
+    "TZDIR", "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", NULL };
 /* Set by the helper itself (a caller's value for them is dropped), in build_env's order. */
 static const char *const OWN_NAME[] = { "HOME", "USER", "LOGNAME", "X509_USER_PROXY", NULL };
 static const char *const TKEYS[13] = { "version", "key_id", "host", "caller_uid", "user", "uid",
     "gid", "sgids", "subject", "not_before", "not_after", "nonce", "proxy_sha256" };
 /* Forwarded to the payload by the lingering helper; SIGCHLD (last) ends the wait. */
-static const int FORWARD[] = { SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT,
-    SIGCHLD };
+static const int FORWARD[] = { SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT, SIGCHLD };
 
 static struct { /* the config, with its defaults */
     char white[LIST], preserve[LIST], nonce_dir[PATH_MAX], log_file[PATH_MAX], key_id[17];
@@ -80,17 +71,15 @@ static struct { /* the ticket's fields: set only once its signature has verified
     unsigned long long caller, uid, gid, sg[MAX_SGIDS], nb, na; int nsg;
 } T;
 
-static struct { /* the command line */
-    int ticket_fd, proxy_fd, linger, nenv;
+static struct { int ticket_fd, proxy_fd, linger, nenv; /* the command line */
     const char *tproxy, *env[MAX_ENV]; char **cmd;
 } A = { .ticket_fd = -1, .proxy_fd = -1, .linger = -1 };
 
-static const char *phase = "usage";
-static int status_fd = -1, log_fd = -1, tp_dir = -1, tp_made;
+static const char *phase = "usage"; static int status_fd = -1, log_fd = -1, tp_dir = -1, tp_made;
 static char tp_name[NAME_MAX + 1], caller[64], home[PATH_MAX] = "/", cmdline[512],
     pem[MAX_PROXY + 1];
 static size_t pem_len;
-static uid_t ruid; static gid_t rgid;
+static uid_t ruid; static gid_t rgid; static struct rlimit fsize; /* the caller's, for the payload */
 
 /* Control characters (and for JSON also '"', '\\' and non-ASCII) become '?'. */
 static void clean(char *s, int json) {
@@ -100,15 +89,13 @@ static void clean(char *s, int json) {
 
 /* One sanitised line per event: to the log file (O_APPEND, one write) or to syslog. */
 __attribute__((format(printf, 1, 2))) static void logmsg(const char *fmt, ...) {
-    char msg[2048], line[2200], ts[32] = "?";
-    time_t now = time(NULL);
-    struct tm tm; va_list ap;
+    char msg[2048], line[2200], ts[32] = "?"; time_t now = time(NULL); struct tm tm; va_list ap;
     va_start(ap, fmt), vsnprintf(msg, sizeof msg, fmt, ap), va_end(ap), clean(msg, 0);
     if (log_fd < 0) { syslog(LOG_AUTHPRIV | LOG_NOTICE, "%s", msg); return; }
     if (gmtime_r(&now, &tm)) strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
     int n = snprintf(line, sizeof line, "%s glexec-helper[%ld]: %s\n", ts, (long)getpid(), msg);
     if (n >= (int)sizeof line) line[(n = sizeof line - 1) - 1] = '\n';
-    if (n > 0 && write(log_fd, line, (size_t)n) != n) syslog(LOG_AUTHPRIV | LOG_ERR, "log: %m");
+    if (n > 0 && write(log_fd, line, (size_t)n) != n) syslog(LOG_AUTHPRIV | LOG_ERR, "log: %m: %s", msg);
 }
 
 /* The one JSON status record (--status-fd); written at most once. */
@@ -126,9 +113,7 @@ __attribute__((noreturn, format(printf, 2, 3))) static void die(int code, const 
     if (tp_made && unlinkat(tp_dir, tp_name, 0) != 0) logmsg("cannot remove %s: %m", tp_name);
     logmsg("refused: phase=%s exit=%d caller_uid=%u caller=%s target=%s uid=%llu subject=\"%s\" "
            "nonce=%s reason=%s", phase, code, ruid, caller, T.user, T.uid, T.subject, T.nonce, why);
-    fprintf(stderr, "glexec-helper: %s\n", why);
-    report(phase, code, 0, why);
-    exit(code);
+    fprintf(stderr, "glexec-helper: %s\n", why), report(phase, code, 0, why), exit(code);
 }
 
 /* Read a descriptor to EOF into buf (cap bytes): 0 ok, 1 too long, -1 error (errno). */
@@ -339,6 +324,8 @@ static void close_fds(void) {
     if (close_range((unsigned)hi + 1, ~0u, 0) != 0) die(SYS, "close_range: %m");
     if (status_fd >= 0 && fcntl(status_fd, F_SETFD, FD_CLOEXEC) != 0) /* the others are read */
         status_fd = -1, die(CALLER, "--status-fd: descriptor not open");
+    if (fcntl(A.ticket_fd, F_GETFD) == -1 || fcntl(A.proxy_fd, F_GETFD) == -1) /* else a file we */
+        die(CALLER, "--ticket-fd / --proxy-fd: descriptor not open"); /* open lands on it */
 }
 
 /* Helper: all signals default, SIGPIPE/SIGXFSZ ignored (errors, not death). Payload: defaults. */
@@ -365,7 +352,7 @@ static void check_install(void) {
     if (!C.log_file[0] || !C.to_file) return;
     fd = open(C.log_file, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0 || fstat(fd, &st) != 0) die(SYS, "log_file %s: %m", C.log_file);
-    if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || BAD_MODE(st.st_mode))
+    if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || BAD_MODE(st.st_mode) || st.st_nlink != 1)
         die(SYS, "log_file %s: not our own regular file, or group/world-writable", C.log_file);
     log_fd = fd;
 }
@@ -436,6 +423,18 @@ static void verify_ticket(void) {
     if ((unsigned long long)now >= T.na) die(AUTHZ, "ticket has expired");
 }
 
+/* X509_check_private_key compares public parts only: the key must sign what the leaf verifies. */
+static int signs_for(X509 *leaf, EVP_PKEY *key) {
+    static const unsigned char msg[] = "glexec-helper proof of possession";
+    static unsigned char sig[2048]; size_t sl = sizeof sig;
+    EVP_MD_CTX *s = EVP_MD_CTX_new(), *v = EVP_MD_CTX_new(); EVP_PKEY *pub = X509_get0_pubkey(leaf);
+    int ok = s && v && pub && EVP_DigestSignInit(s, NULL, NULL, NULL, key) == 1
+             && EVP_DigestSign(s, sig, &sl, msg, sizeof msg) == 1
+             && EVP_DigestVerifyInit(v, NULL, NULL, NULL, pub) == 1
+             && EVP_DigestVerify(v, sig, sl, msg, sizeof msg) == 1;
+    return EVP_MD_CTX_free(s), EVP_MD_CTX_free(v), ok;
+}
+
 /* Proof of possession: the proxy's key matches its leaf, and that leaf is the ticket's. */
 static void check_proxy(void) {
     unsigned char md[32], *der = NULL; char hex[65];
@@ -448,7 +447,7 @@ static void check_proxy(void) {
     EVP_PKEY *key = PEM_read_bio_PrivateKey(b, NULL, NULL, ""); /* the first key; "": no prompt */
     BIO_free(b);
     if (!key) die(AUTHZ, "no proof of possession: no readable unencrypted private key");
-    if (X509_check_private_key(leaf, key) != 1)
+    if (X509_check_private_key(leaf, key) != 1 || !signs_for(leaf, key))
         die(AUTHZ, "no proof of possession: the private key is not the leaf certificate's");
     int len = i2d_X509(leaf, &der);
     if (len <= 0 || !SHA256(der, (size_t)len, md)) die(SYS, "cannot hash the leaf certificate");
@@ -495,6 +494,7 @@ static void drop(uid_t r, uid_t u, gid_t g, int groups) {
         die(SYS, "the identity switch did not take");
     if (u != 0 && r != 0 && (setuid(0) == 0 || seteuid(0) == 0 || setgid(0) == 0))
         die(SYS, "root privileges could be regained");
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) die(SYS, "PR_SET_DUMPABLE: %m"); /* creds reset it */
 }
 
 /* Write the verified proxy as the (already switched) target user; refuse anything odd. */
@@ -534,35 +534,31 @@ static char **build_env(const char *user) {
     }
     for (int i = 0; i < 4 && val[i]; i++)
         snprintf(own[i], sizeof own[i], "%s=%s", OWN_NAME[i], val[i]), envp[n++] = own[i];
-    envp[n] = NULL;
-    return envp;
+    return envp[n] = NULL, envp;
 }
 
 /* Exec the payload with defaults for all signals; on failure 201 (not found) or 126, and why. */
 static int exec_payload(char **envp, char *why, size_t n) {
     set_signals(1);
+    if (setrlimit(RLIMIT_FSIZE, &fsize) != 0) return snprintf(why, n, "setrlimit: %m"), SYS;
     execve(A.cmd[0], A.cmd, envp);
     int code = errno == ENOENT || errno == ENOTDIR ? CALLER : NOEXEC;
-    snprintf(why, n, "cannot execute %s: %m", A.cmd[0]);
-    return code;
+    return snprintf(why, n, "cannot execute %s: %m", A.cmd[0]), code;
 }
 
 static void run(void) {
     int linger = A.linger >= 0 ? A.linger : C.linger, st = 0, sig = 0, ep[2], s;
     uid_t u = C.log_only ? ruid : (uid_t)T.uid, a, b, c;
     gid_t g = C.log_only ? rgid : (gid_t)T.gid;
-    const char *user = C.log_only ? caller : T.user;
-    char sgl[64 * 11 + 1] = "-", why[64];
+    const char *user = C.log_only ? caller : T.user; char sgl[64 * 11 + 1] = "-", why[64];
     struct { int code; char why[240]; } m = { SYS, "" };
-    sigset_t fwd; siginfo_t si; struct rusage ru;
-    pid_t pid, got = 0;
+    sigset_t fwd; siginfo_t si; struct rusage ru; pid_t pid, got = 0;
     for (int i = 0, o = 0; i < T.nsg; i++)
         o += snprintf(sgl + o, sizeof sgl - (size_t)o, i ? ",%llu" : "%llu", T.sg[i]);
     logmsg("%s: caller_uid=%u caller=%s target=%s uid=%llu gid=%llu sgids=%s subject=\"%s\" "
            "nonce=%s cmd=%s", C.log_only ? "log-only, no identity switch: would map" : "permit",
            ruid, caller, T.user, T.uid, T.gid, sgl, T.subject, T.nonce, cmdline);
-    /* The lingering parent keeps the caller as real uid (so the pilot can signal it) and the
-     * target as effective and saved uid (so it can signal the payload): never root. */
+    /* Lingering parent: real uid the caller (who may signal it), effective/saved the target. */
     phase = "switch", drop(linger && ruid != 0 ? ruid : u, u, g, !C.log_only);
     if (C.nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die(SYS, "no_new_privs: %m");
     if (faccessat(AT_FDCWD, ".", X_OK, AT_EACCESS) != 0)
@@ -615,7 +611,13 @@ int main(int argc, char **argv) {
     umask(077);
     for (int fd = 0; fd < 3; fd++) /* 0-2 must be open, or our files could land on them */
         if (fcntl(fd, F_GETFD) == -1 && open("/dev/null", O_RDWR) != fd) _exit(SYS);
+    for (char **e = environ; e && *e; e++) /* libcrypto's constructor has read OPENSSL_ia32cap */
+        if (!strncmp(*e, "OPENSSL_", 8)) _exit(CALLER);
     if (clearenv() != 0) _exit(SYS);
+    struct rlimit big = { RLIM_INFINITY, RLIM_INFINITY }; /* the caller's limit must not cut the log */
+    if (getrlimit(RLIMIT_FSIZE, &fsize) != 0) _exit(SYS);
+    if (setrlimit(RLIMIT_FSIZE, &big) != 0 /* without CAP_SYS_RESOURCE: up to the hard limit */
+        && setrlimit(RLIMIT_FSIZE, &(struct rlimit){ fsize.rlim_max, fsize.rlim_max }) != 0) _exit(SYS);
     openlog("glexec-helper", LOG_PID, LOG_AUTHPRIV);
     ruid = getuid(), rgid = getgid();
     parse_args(argc, argv);

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helper_fixtures import (
@@ -442,6 +443,34 @@ def test_the_chain_with_another_users_key(site: Site) -> None:
     ticket = site.ticket()
     res = run_helper(site, ["/usr/bin/id"], ticket=ticket, proxy=mixed)
     refused(res, 203, "proxy", "private key is not the leaf certificate's")
+    assert not burnt(site, ticket)
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    n = len(body)
+    size = bytes([n]) if n < 128 else bytes([0x80 | (n.bit_length() + 7) // 8]) + n.to_bytes(
+        (n.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + size + body
+
+
+def _int(x: int) -> bytes:
+    return _der(2, x.to_bytes(max(1, (x.bit_length() + 8) // 8), "big"))
+
+
+def test_a_key_forged_from_the_public_parts_is_no_proof(site: Site) -> None:
+    """X509_check_private_key compares only the public parts: an "RSA private key" made of the
+    victim's n and e with junk for the private values passed it, so knowing a user's public
+    chain was enough to become that user. The helper now makes the key sign and checks the
+    signature with the leaf's public key."""
+    leaf = x509.load_pem_x509_certificate(site.proxy)
+    pub = leaf.public_key().public_numbers()  # type: ignore[union-attr]
+    forged_der = _der(0x30, b"".join(_int(v) for v in (0, pub.n, pub.e, 1, 3, 5, 1, 1, 1)))
+    forged = (b"-----BEGIN RSA PRIVATE KEY-----\n" + base64.encodebytes(forged_der)
+              + b"-----END RSA PRIVATE KEY-----\n")
+    ticket = site.ticket()
+    res = run_helper(site, ["/usr/bin/id"], ticket=ticket,
+                     proxy=KEY_BLOCK.sub(forged, site.proxy))
+    refused(res, 203, "proxy", "no proof of possession")
     assert not burnt(site, ticket)
 
 
