@@ -253,7 +253,8 @@ def _run(args: argparse.Namespace) -> int:
 def _summarise(args: argparse.Namespace, figures: list[report.RunFigures],
                audit: lease_audit.AuditReport, sampler: report.Sampler, results: str) -> int:
     print(f"\nmachine: {_machine()}")
-    print(f"server: {args.workers} {args.worker_class} workers x {args.threads} threads; "
+    threads = f" x {args.threads} threads" if args.worker_class == "gthread" else ""
+    print(f"server: {args.workers} {args.worker_class} workers{threads}; "
           f"{args.users} users, {args.clients} clients")
     for fig in figures:
         print(fig.row())
