@@ -13,7 +13,7 @@ trimmed (no inline comments), lists comma-separated. Keys come in three groups:
 
 - ``HELPER_KEYS``: read by the helper itself (the front validates them exactly as it does);
 - ``HELPER_IGNORES``: the helper's ``FRONT_KEYS``, accepted there and used only here;
-- the rest (``setuid_helper``, the legacy gLExec keys of reference/glexec.md section 2) are
+- the rest (the legacy gLExec keys of reference/glexec.md section 2) are
   accepted here, but the helper as written refuses them: ``--check-config`` says so
   (`helper_refuses`) instead of letting every payload fail with 202.
 """
@@ -246,10 +246,10 @@ HELPER_IGNORES: dict[str, tuple[Callable[[str], object], object]] = {
     "certdir": (_abspath, None),
     "vomsdir": (_abspath, None),
     "log_level": (_level, 3),
+    "setuid_helper": (_abspath, DEFAULT_HELPER),
 }
 #: accepted by the front, refused by setuid_helper.c as written (see `helper_refuses`).
 FRONT_ONLY: dict[str, tuple[Callable[[str], object], object]] = {
-    "setuid_helper": (_abspath, DEFAULT_HELPER),
     # legacy gLExec keys (reference/glexec.md section 2); those with a meaning here:
     "omission_private_key_white_list": (_users, ()),
     "create_target_proxy": (_yesno, True),

@@ -45,7 +45,7 @@ enum { MAX_WIRE = 8192, MAX_TEXT = 4096, MAX_PROXY = 65536, MAX_CONF = 65536, MA
 
 /* Keys of the shared glexec.conf that only the Python front reads: accepted, not used here. */
 static const char *const FRONT_KEYS[] = { "scas_endpoints", "scas_socket", "scas_order",
-    "scas_timeout", "scas_deadline", "certdir", "vomsdir", "log_level", NULL };
+    "scas_timeout", "scas_deadline", "certdir", "vomsdir", "log_level", "setuid_helper", NULL };
 /* Never passed to a payload, whatever the config or the caller says. */
 static const char *const BAD_PREFIX[] = { "LD_", "MALLOC_", "PYTHON", "PERL", "RUBY", "NODE_",
     "BASH_FUNC_", "GLIBC_", "JAVA_TOOL_", "_JAVA_", "OPENSSL_", NULL };

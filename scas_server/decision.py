@@ -325,7 +325,8 @@ class Pipeline:
                 return "the kernel reported no caller uid", None, None
             if stated is not None and stated != peer.uid:
                 return f"stated caller uid {stated} is not the kernel's {peer.uid}", None, None
-            host = (settings.host if settings else None) or socket.getfqdn()
+            # the helper compares with its own gethostname(), lower-cased: use the same name
+            host = (settings.host if settings else None) or socket.gethostname().lower()
             return None, peer.uid, host
         if peer.transport != "tls" or not peer.subject:
             return "caller uid is known only on the Unix socket or from a TLS PEP", None, None
