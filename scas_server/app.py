@@ -63,32 +63,27 @@ def create_app(pipeline: Pipeline) -> Flask:
     cfg = pipeline.config
     metrics.CONFIG_LOADED.set(pipeline.loaded_at)
 
-    def refuse(status: int, reason: str, peer: Peer, t0: float) -> Response:
+    def audit_refusal(status: int, reason: str, peer: Peer, t0: float) -> None:
+        """One audit line and one metric for a request refused before any decision."""
         record = AuditRecord(pep=peer.describe(), decision="refused", reason=reason)
         record.caller_uid = peer.uid
-        record.extra["http_status"] = status
+        record.extra.update(http_status=status, path=request.path[:128])
         record.latency_ms = (time.perf_counter() - t0) * 1000
-        try:
-            pipeline.audit.write(record)
-        except OSError as exc:
-            pipeline._audit_failed(record, exc)
+        pipeline.write_audit(record)
         metrics.REFUSALS.labels(str(status), REFUSAL_CLASSES.get(status, "other")).inc()
+
+    def refuse(status: int, reason: str, peer: Peer, t0: float) -> Response:
+        audit_refusal(status, reason, peer, t0)
         body = pipeline.fault(reason, soap12="soap+xml" in (request.content_type or ""))
         return Response(body, status=status, content_type=XML)
 
     def operator_only() -> Response | None:
         """403 for anyone not on the PEP or monitoring allow-list; nothing else is shown."""
-        peer = _peer()
+        t0, peer = time.perf_counter(), _peer()
         problem = pipeline.caller_refusal(peer, monitoring=True)
         if problem is None:
             return None
-        record = AuditRecord(pep=peer.describe(), decision="refused", reason=problem)
-        record.extra.update(http_status=403, path=request.path[:128])
-        try:
-            pipeline.audit.write(record)
-        except OSError as exc:
-            pipeline._audit_failed(record, exc)
-        metrics.REFUSALS.labels("403", "forbidden").inc()
+        audit_refusal(403, problem, peer, t0)
         return Response("forbidden\n", 403, content_type="text/plain; charset=utf-8")
 
     def read_body(length: int) -> bytes | None:

@@ -170,11 +170,7 @@ class Pipeline:
         sent: the caller gets Indeterminate (service unavailable) instead."""
         outcome = self.decide(body, peer, now=now)
         outcome.record.latency_ms = (time.perf_counter() - started) * 1000
-        try:
-            self.audit.write(outcome.record)
-            self.audit_error = None
-        except OSError as exc:
-            self._audit_failed(outcome.record, exc)
+        if not self.write_audit(outcome.record):
             if outcome.request is not None:
                 outcome.body = xacml.build_response(
                     outcome.request,
@@ -184,11 +180,19 @@ class Pipeline:
                 outcome.record.decision = ids.INDETERMINATE
         return outcome
 
-    def _audit_failed(self, record: AuditRecord, exc: OSError) -> None:
-        self.audit_error = one_line(exc.strerror or str(exc), 200)
-        metrics.AUDIT_FAILURES.inc()
-        log.error("audit line not written (%s); request %s answered Indeterminate: %s",
-                  self.audit_error, record.request_id, self.audit.line(record))
+    def write_audit(self, record: AuditRecord) -> bool:
+        """Write one audit line; on failure count it, mark /health unhealthy and put the
+        record in the server log instead. False when the line is not on disk."""
+        try:
+            self.audit.write(record)
+        except OSError as exc:
+            self.audit_error = one_line(exc.strerror or str(exc), 200)
+            metrics.AUDIT_FAILURES.inc()
+            log.error("audit line not written (%s): %s", self.audit_error,
+                      self.audit.line(record))
+            return False
+        self.audit_error = None
+        return True
 
     def decide(self, body: bytes, peer: Peer, *, now: datetime | None = None) -> Outcome:
         """Answer one query; never raises for anything a client can send."""

@@ -358,6 +358,25 @@ def test_helper_run_directly_without_a_ticket(site: Site) -> None:
     refused(res, 203, "ticket", "no ticket on descriptor")
 
 
+def test_ticket_descriptor_not_open_is_refused(site: Site) -> None:
+    """An unopened --ticket-fd would otherwise be taken by a file the helper opens as root
+    (its config or log) and read as the ticket."""
+    res = run_helper(site, ["/usr/bin/id"], options=("--ticket-fd", "77"), ticket=None)
+    assert res.code == 201 and res.status is not None  # before the log file is open
+    assert (res.status["phase"], res.status["exit"]) == ("setup", 201)
+    assert "descriptor not open" in res.stderr and "uid=" not in res.stdout
+
+
+def test_openssl_variables_refused_before_libcrypto_runs(site: Site) -> None:
+    """libcrypto's constructor reads OPENSSL_ia32cap before main(): a caller's OPENSSL_*
+    variable ends the helper at once (201), before any root work, and nothing is burnt."""
+    ticket = site.ticket()
+    res = run_helper(site, ["/usr/bin/id"], ticket=ticket,
+                     env={"PATH": "/usr/bin:/bin", "OPENSSL_CONF": "/tmp/evil.cnf"})
+    assert res.code == 201 and "uid=" not in res.stdout
+    assert not burnt(site, ticket)
+
+
 def test_forged_signature(site: Site) -> None:
     fields = site.fields()
     forged = sign(Ed25519PrivateKey.generate(), fields)  # same key id claimed, other key
