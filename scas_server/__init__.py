@@ -3,7 +3,7 @@
 In:  SOAP queries from PEPs (CEs, worker nodes, glexec), the server YAML, ``lcas.db`` and
      ``lcmaps.db``, signals (SIGHUP reloads).
 Out: Permit / Deny / Indeterminate with obligations and glexec tickets, one audit line per
-     decision, ``/health`` and ``/metrics``; ``scas-server`` and ``scas-admin``.
+     decision, ``/health`` and ``/metrics``; ``scas-server``.
 Imports: everything below it: :mod:`client`, :mod:`credentials`, :mod:`lcas`, :mod:`lcmaps`,
 :mod:`leases`, :mod:`sitefiles`, :mod:`safetext`.
 """

@@ -15,7 +15,7 @@ DTEAM = "/dteam/Role=NULL/Capability=NULL"
 
 def _inspect(pki: TestPKI, path: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "scas_server.admin", "inspect-proxy", path,
+        [sys.executable, "-m", "site_admin.cli", "inspect-proxy", path,
          "--certdir", pki.certdir, "--vomsdir", pki.vomsdir, *extra],
         capture_output=True, text=True, timeout=60,
     )
@@ -55,6 +55,6 @@ def test_inspect_proxy_invalid_exits_1_with_reason(pki: TestPKI, users: dict[str
 
 
 def test_inspect_proxy_usage_error_exits_2() -> None:
-    proc = subprocess.run([sys.executable, "-m", "scas_server.admin", "inspect-proxy"],
+    proc = subprocess.run([sys.executable, "-m", "site_admin.cli", "inspect-proxy"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "usage" in proc.stderr

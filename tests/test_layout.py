@@ -35,6 +35,10 @@ ALLOWED: dict[str, frozenset[str]] = {
         {"credentials", "leases", "sitefiles", "lcas", "lcmaps", "client", "safetext"}
     ),
     "glexec": frozenset({"client", "safetext"}),
+    "site_admin": frozenset(
+        {"credentials", "leases", "sitefiles", "lcas", "lcmaps", "client", "scas_server",
+         "safetext"}
+    ),
     "testkit": frozenset({"credentials", "client", "safetext"}),
 }
 OURS = frozenset(ALLOWED) | {"stress", "tests"}
@@ -217,7 +221,7 @@ def test_installed_entry_points_match_pyproject() -> None:
 
 DOCUMENTED = [
     "credentials", "leases", "sitefiles", "lcas", "lcas.plugins", "lcmaps", "lcmaps.plugins",
-    "client", "scas_server", "glexec", "testkit",
+    "client", "scas_server", "glexec", "site_admin", "testkit",
 ]  # fmt: skip
 
 

@@ -1,9 +1,4 @@
-"""``scas-admin``: the site admin's tool (inspect credentials, make keys, check config).
-
-Each subcommand is a function ``cmd_<name>(args) -> int`` registered in
-:func:`build_parser`; exit codes: 0 success/valid, 1 a negative answer
-(invalid credential, failed check), 2 usage error.
-"""
+"""``scas-admin inspect-proxy`` and ``keygen``: credentials and the ticket signing key."""
 
 from __future__ import annotations
 
@@ -11,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
 from datetime import UTC, datetime
 
 DEFAULT_CERTDIR = "/etc/grid-security/certificates"
@@ -107,9 +101,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return ticket_keygen([args.path])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scas-admin", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("inspect-proxy", help="describe and verify a proxy file")
     p.add_argument("file")
     p.add_argument("--certdir", default=os.environ.get("X509_CERT_DIR", DEFAULT_CERTDIR),
@@ -121,13 +113,3 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keygen", help="make the glexec ticket signing key pair")
     p.add_argument("path", help="directory, or the private key file to create")
     p.set_defaults(func=cmd_keygen)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,9 @@
+"""Placeholder: filled in by the check work (register() adds no command yet)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add this module's subcommands."""
