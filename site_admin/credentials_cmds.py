@@ -101,7 +101,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return ticket_keygen([args.path])
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect-proxy", help="describe and verify a proxy file")
     p.add_argument("file")
     p.add_argument("--certdir", default=os.environ.get("X509_CERT_DIR", DEFAULT_CERTDIR),
