@@ -34,7 +34,9 @@ options (before the command; everything after it is the command's):
   --env-file FILE    variables from FILE: a JSON object of strings, or NAME=VALUE lines
   --status-file FILE write the JSON status record to FILE
   --status-fd K      write it to inherited descriptor K (>= 3)
-  --workdir DIR      start the payload in DIR (the target must be able to reach it)
+  --workdir DIR      hand-over: create DIR (new; in a directory of yours) for the payload,
+                     owned by the target with your group (2770); the payload starts in it
+                     and you can read what it leaves there
   --                 end of options
   -h, --help         this text;  -v, --version   the version
   -V                 the effective settings (config file, keys, environment)
@@ -177,18 +179,8 @@ def show_settings(environ: dict[str, str] | os._Environ[str]) -> int:
 
 
 def check_config(environ: dict[str, str] | os._Environ[str]) -> int:
-    """``--check-config``: 0 if both halves will accept the file, else 202 naming the keys."""
+    """``--check-config``: 0 if the file is valid for both halves, else 202 naming the key."""
     cfg = conf.load(environ)
-    refused = cfg.helper_refuses()
-    if refused:
-        raise GlexecError(
-            SYSTEM,
-            "config",
-            (
-                f"{cfg.path}: valid for glexec, but the setuid helper refuses key(s) "
-                f"{', '.join(refused)} (not in its parser or FRONT_KEYS): remove them"
-            ),
-        )
     print(f"{cfg.path}: OK ({len(cfg.given)} keys; endpoints: {', '.join(cfg.endpoints)})")
     return 0
 
@@ -254,14 +246,9 @@ def run(
         )
     if not refresh:
         inputs.check_command(cfg, opts.command[0])
-    workdir = "/" if refresh else opts.workdir
-    if workdir is not None:
-        if not workdir.startswith("/"):
-            raise GlexecError(CALLER, "input", f"--workdir {workdir}: not an absolute path")
-        try:
-            os.chdir(workdir)
-        except OSError as exc:
-            raise GlexecError(CALLER, "input", f"--workdir {workdir}: {exc.strerror}") from None
+    if refresh:
+        os.chdir("/")  # mv runs as the target, which may not reach the pilot's cwd
+    workdir = None if refresh or opts.workdir is None else inputs.open_workdir(opts.workdir)
     if not proxy.has_key:
         raise GlexecError(
             REFUSED,
@@ -294,6 +281,7 @@ def run(
         env=env,
         command=command,
         linger=linger,
+        workdir=workdir,
     )
 
 

@@ -9,13 +9,13 @@ Out: a `Config` (every key with its typed value, defaults filled in), or a `Glex
 The parser follows the helper's (``read_conf`` in ``setuid_helper.c``) rule for rule, so a
 file one accepts the other reads the same way: ``#``/``;`` comments at the start of a line, a
 ``key = value`` line only inside a section, other sections ignored, no key twice, values
-trimmed (no inline comments), lists comma-separated. Keys come in three groups:
+trimmed (no inline comments), lists comma-separated. Keys come in two groups:
 
 - ``HELPER_KEYS``: read by the helper itself (the front validates them exactly as it does);
-- ``HELPER_IGNORES``: the helper's ``FRONT_KEYS``, accepted there and used only here;
-- the rest (the legacy gLExec keys of reference/glexec.md section 2) are
-  accepted here, but the helper as written refuses them: ``--check-config`` says so
-  (`helper_refuses`) instead of letting every payload fail with 202.
+- ``FRONT_KEYS``: the front's own keys and the legacy gLExec keys of reference/glexec.md
+  section 2. The helper skips every key it does not use (its defaults are the safe ones),
+  so a site's existing glexec.conf works unchanged; the front, which runs first on every
+  call, refuses unknown keys and bad values with 202.
 """
 
 from __future__ import annotations
@@ -236,8 +236,8 @@ HELPER_KEYS: dict[str, tuple[Callable[[str], object], object]] = {
     "no_new_privs": (_yesno, True),
     "target_proxy_cleanup": (_yesno, True),
 }
-#: the helper's FRONT_KEYS: it accepts and ignores them; the front uses them.
-HELPER_IGNORES: dict[str, tuple[Callable[[str], object], object]] = {
+#: the front's own keys and the legacy ones; the helper skips them.
+FRONT_KEYS: dict[str, tuple[Callable[[str], object], object]] = {
     "scas_endpoints": (_endpoints, ()),
     "scas_socket": (_abspath, None),
     "scas_order": (_order, "round-robin-random-start"),
@@ -247,9 +247,6 @@ HELPER_IGNORES: dict[str, tuple[Callable[[str], object], object]] = {
     "vomsdir": (_abspath, None),
     "log_level": (_level, 3),
     "setuid_helper": (_abspath, DEFAULT_HELPER),
-}
-#: accepted by the front, refused by setuid_helper.c as written (see `helper_refuses`).
-FRONT_ONLY: dict[str, tuple[Callable[[str], object], object]] = {
     # legacy gLExec keys (reference/glexec.md section 2); those with a meaning here:
     "omission_private_key_white_list": (_users, ()),
     "create_target_proxy": (_yesno, True),
@@ -285,7 +282,7 @@ FRONT_ONLY: dict[str, tuple[Callable[[str], object], object]] = {
     "epilogue_group": (_name, None),
     "epilogue_timeout": (lambda v: _dec(v, 1, 86400), None),
 }
-KEYS = {**HELPER_KEYS, **HELPER_IGNORES, **FRONT_ONLY}
+KEYS = {**HELPER_KEYS, **FRONT_KEYS}
 
 
 def config_path(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[str, bool]:
@@ -313,10 +310,6 @@ class Config:
 
     def __getitem__(self, key: str) -> object:
         return self.values[key]
-
-    def helper_refuses(self) -> list[str]:
-        """Keys this file sets that setuid_helper.c (its FRONT_KEYS and set_key) refuses."""
-        return [k for k in self.given if k in FRONT_ONLY]
 
     @property
     def endpoints(self) -> list[str]:

@@ -9,7 +9,8 @@ Out: nothing: the process becomes the helper (``os.execve``, no shell, an empty
 Descriptors: the ticket and the proxy each go in a sealed memfd (written whole, then sealed
 against writes and resizes, rewound), made inheritable only now; where memfd is not
 available, a pipe big enough to hold them. The helper takes them as ``--ticket-fd N
---proxy-fd M`` (it closes every other descriptor but 0-2 and ``--status-fd``).
+--proxy-fd M`` (it closes every other descriptor but 0-2, ``--status-fd`` and
+``--workdir-fd``, the parent of the hand-over directory).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def helper_argv(
     env: Sequence[str],
     command: Sequence[str],
     linger: bool | None = None,
+    workdir: tuple[int, str] | None = None,
 ) -> list[str]:
     """``setuid_helper --ticket-fd N --proxy-fd M [...] -- /CMD ARGS`` (its CLI, exactly)."""
     argv = [helper, "--ticket-fd", str(ticket_fd), "--proxy-fd", str(proxy_fd)]
@@ -104,6 +106,8 @@ def helper_argv(
         argv += ["--status-fd", str(status_fd)]
     if target_proxy is not None:
         argv += ["--target-proxy", target_proxy]
+    if workdir is not None:
+        argv += ["--workdir-fd", str(workdir[0]), "--workdir-name", workdir[1]]
     for item in env:
         argv += ["--env", item]
     if linger is not None:
@@ -138,7 +142,7 @@ def execute(
     env: Sequence[str],
     command: Sequence[str],
     linger: bool | None = None,
-    workdir: str | None = None,
+    workdir: tuple[int, str] | None = None,
 ) -> None:
     """Become the helper. Returns only by raising GlexecError(202)."""
     try:
@@ -155,12 +159,11 @@ def execute(
         env=env,
         command=command,
         linger=linger,
+        workdir=workdir,
     )
-    for fd in (ticket_fd, proxy_fd):
+    for fd in (ticket_fd, proxy_fd, *(workdir[:1] if workdir else ())):
         os.set_inheritable(fd, True)
     try:
-        if workdir is not None:
-            os.chdir(workdir)
         os.execve(helper, argv, {})
     except OSError as exc:
         raise GlexecError(SYSTEM, "handover", f"cannot run {helper}: {exc.strerror}") from None

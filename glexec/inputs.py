@@ -380,3 +380,41 @@ def check_target_proxy(path: str, *, refresh: bool = False) -> str | None:
             ),
         )
     return path
+
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def _workdir_name_ok(name: str) -> bool:
+    """The helper's rule (a login name's characters): no '/', never '.', '..' or '-x'."""
+    return 0 < len(name) <= 32 and set(name) <= _NAME_CHARS and name[0] not in ".-"
+
+
+def open_workdir(path: str) -> tuple[int, str]:
+    """``--workdir DIR``: (descriptor of DIR's parent, DIR's name) for the helper to create.
+
+    The parent must be the caller's own directory and DIR must not exist yet: the helper
+    creates it by descriptor (mkdirat/openat, O_NOFOLLOW), hands it to the target with the
+    caller's group (setgid, 2770) and starts the payload in it (README, "Work directory").
+    """
+    parent, name = os.path.split(path.rstrip("/") if path != "/" else path)
+    if not path.startswith("/") or not _workdir_name_ok(name):
+        raise GlexecError(
+            CALLER, "input",
+            f"--workdir {path!r}: give an absolute path whose last part is 1-32 of "
+            "A-Z a-z 0-9 _ . - (not starting with . or -)",
+        )  # fmt: skip
+    try:
+        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise GlexecError(CALLER, "input", f"--workdir: {parent}: {exc.strerror}") from None
+    st = os.fstat(fd)
+    problem = None
+    if st.st_uid != os.getuid():
+        problem = f"{parent} is not your directory (owner uid {st.st_uid})"
+    elif os.path.lexists(os.path.join(f"/proc/self/fd/{fd}", name)):
+        problem = f"{path} exists; glexec creates the work directory itself"
+    if problem is not None:
+        os.close(fd)
+        raise GlexecError(CALLER, "input", f"--workdir: {problem}")
+    return fd, name

@@ -1,10 +1,9 @@
 /*
- * setuid_helper: the trusted half of glexec (DESIGN.md section 6, step 4), installed setuid root.
- * Its caller (argv, environment, descriptors) is hostile; it trusts only the root-owned config
- * GLEXEC_CONF, a ticket signed with the configured Ed25519 key (docs/ticket.md, version 2 only)
- * and its own proof that the caller holds the payload proxy's key. Interface: README, "glexec".
- * Exit: 201 caller error, 202 system error, 203 refused, 204 the payload exited 201..204,
- * 126 the payload could not be executed, else the payload's status (128+N: signal N).
+ * setuid_helper: glexec's trusted half (DESIGN.md section 6, step 4), installed setuid root. Its
+ * caller is hostile; it trusts only the root-owned GLEXEC_CONF, a version-2 ticket signed with the
+ * configured Ed25519 key (docs/ticket.md) and its own proof that the caller holds the payload
+ * proxy's key. Exit: 201 caller error, 202 system, 203 refused, 126 payload not executable, 204
+ * payload exited 201..204, else the payload's status (128+N: signal N). Interface: README.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -43,9 +42,6 @@ enum { NOEXEC = 126, CALLER = 201, SYS = 202, AUTHZ = 203, PAYLOAD = 204 };
 enum { MAX_WIRE = 8192, MAX_TEXT = 4096, MAX_PROXY = 65536, MAX_CONF = 65536, MAX_ENV = 64,
        MAX_SGIDS = 64, MAX_VALIDITY = 300, LIST = 2048 };
 
-/* Keys of the shared glexec.conf that only the Python front reads: accepted, not used here. */
-static const char *const FRONT_KEYS[] = { "scas_endpoints", "scas_socket", "scas_order",
-    "scas_timeout", "scas_deadline", "certdir", "vomsdir", "log_level", "setuid_helper", NULL };
 /* Never passed to a payload, whatever the config or the caller says. */
 static const char *const BAD_PREFIX[] = { "LD_", "MALLOC_", "PYTHON", "PERL", "RUBY", "NODE_",
     "BASH_FUNC_", "GLIBC_", "JAVA_TOOL_", "_JAVA_", "OPENSSL_", NULL };
@@ -71,9 +67,9 @@ static struct { /* the ticket's fields: set only once its signature has verified
     unsigned long long caller, uid, gid, sg[MAX_SGIDS], nb, na; int nsg;
 } T;
 
-static struct { int ticket_fd, proxy_fd, linger, nenv; /* the command line */
-    const char *tproxy, *env[MAX_ENV]; char **cmd;
-} A = { .ticket_fd = -1, .proxy_fd = -1, .linger = -1 };
+static struct { int ticket_fd, proxy_fd, wd_fd, linger, nenv; /* the command line */
+    const char *tproxy, *wd_name, *env[MAX_ENV]; char **cmd;
+} A = { .ticket_fd = -1, .proxy_fd = -1, .wd_fd = -1, .linger = -1 };
 
 static const char *phase = "usage"; static int status_fd = -1, log_fd = -1, tp_dir = -1, tp_made;
 static char tp_name[NAME_MAX + 1], caller[64], home[PATH_MAX] = "/", cmdline[512],
@@ -129,8 +125,8 @@ static int read_fd(int fd, char *buf, size_t cap, size_t *len) {
 static int in_set(char c, const char *set) { return c && strchr(set, c) != NULL; }
 
 static int chars_in(const char *s, size_t n, const char *set) {
-    for (size_t i = 0; i < n; i++) if (!in_set(s[i], set)) return 0;
-    return 1;
+    while (n && in_set(s[n - 1], set)) n--;
+    return n == 0;
 }
 
 static int hexok(const char *s, size_t n) { return chars_in(s, n, "0123456789abcdef"); }
@@ -169,8 +165,7 @@ static int inlist(const char *list, const char *name, size_t n, int pool) {
     for (const char *p = list, *e; *p; p = e + 1) {
         size_t l = (e = strchr(p, ',')) ? (size_t)(e - p) : strlen(p), d = l - 1;
         if ((l == n && !memcmp(p, name, n)) || (pool && p[0] == '.' && n > d
-            && !memcmp(p + 1, name, d) && chars_in(name + d, n - d, "0123456789")))
-            return 1;
+            && !memcmp(p + 1, name, d) && chars_in(name + d, n - d, "0123456789"))) return 1;
         if (!e) return 0;
     }
     return 0;
@@ -238,14 +233,12 @@ static void set_key(const char *k, char *v) {
     else if (!strcmp(k, "min_target_gid")) C.min_gid = number(k, v);
     else if (!strcmp(k, "nonce_dir") || !strcmp(k, "log_file"))
         path(k, v, k[0] == 'n' ? C.nonce_dir : C.log_file);
-    else if (!strcmp(k, "scas_ticket_key")) set_ticket_key(k, v);
-    else if (!listed(FRONT_KEYS, k, strlen(k), 0)) die(SYS, "unknown key %s in [glexec]", k);
-}
+    else if (!strcmp(k, "scas_ticket_key")) set_ticket_key(k, v); /* others: the front's (it */
+}                                              /* refuses unknown ones); unset keys are safe */
 
 /* The root-owned INI file, checked on the open descriptor; only [glexec] is read, strictly. */
 static void read_conf(void) {
-    static char buf[MAX_CONF + 1];
-    size_t n; struct stat st;
+    static char buf[MAX_CONF + 1]; size_t n; struct stat st;
     int lineno = 1, any = 0, in = 0, found = 0;
     int fd = open(GLEXEC_CONF, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
     if (fd < 0 || fstat(fd, &st) != 0) die(SYS, "%s: %m", GLEXEC_CONF);
@@ -275,7 +268,9 @@ static void read_conf(void) {
 
 static int fdarg(const char *opt, const char *v) {
     unsigned long long x;
-    if (!v || dec(v, strlen(v), 5, 65535, &x) || x < 3) die(CALLER, "%s needs a number >= 3", opt);
+    if (!v || dec(v, strlen(v), 5, 65535, &x) || x < 3 || (int)x == A.ticket_fd
+        || (int)x == A.proxy_fd || (int)x == status_fd || (int)x == A.wd_fd)
+        die(CALLER, "%s needs a number >= 3 that no other option names", opt);
     return (int)x;
 }
 
@@ -298,15 +293,17 @@ static void parse_args(int argc, char **argv) {
         else if (!strcmp(o, "--ticket-fd") && A.ticket_fd < 0) A.ticket_fd = fdarg(o, v);
         else if (!strcmp(o, "--proxy-fd") && A.proxy_fd < 0) A.proxy_fd = fdarg(o, v);
         else if (!strcmp(o, "--status-fd") && status_fd < 0) status_fd = fdarg(o, v);
+        else if (!strcmp(o, "--workdir-fd") && A.wd_fd < 0) A.wd_fd = fdarg(o, v);
+        else if (!strcmp(o, "--workdir-name") && !A.wd_name && v && is_name(v, strlen(v), 0))
+            A.wd_name = v; /* a login name's characters: no '/', never "." or ".." */
         else if (!strcmp(o, "--target-proxy") && !A.tproxy && v && v[0] == '/') A.tproxy = v;
         else if (!strcmp(o, "--env") && v) add_env(v);
-        else die(CALLER, "bad option '%.64s'; usage: --ticket-fd N --proxy-fd M [--target-proxy P]"
-                 " [--status-fd K] [--env NAME=VALUE]... [--linger|--exec] -- /CMD [ARG]...", o);
+        else die(CALLER, "bad option '%.64s'; usage: --ticket-fd N --proxy-fd M [OPTION]... -- /CMD"
+                 " [ARG]... (README: the helper's interface)", o);
         i++; /* the option's value */
     }
     if (A.ticket_fd < 0 || A.proxy_fd < 0) die(CALLER, "no ticket: need --ticket-fd, --proxy-fd");
-    if (A.ticket_fd == A.proxy_fd || A.ticket_fd == status_fd || A.proxy_fd == status_fd)
-        die(CALLER, "--ticket-fd, --proxy-fd and --status-fd must differ");
+    if ((A.wd_fd < 0) != !A.wd_name) die(CALLER, "--workdir-fd and --workdir-name go together");
     if (i >= argc || argv[i][0] != '/') die(CALLER, "command not found: give an absolute path");
     if (A.tproxy && strlen(A.tproxy) >= PATH_MAX) die(CALLER, "--target-proxy: path too long");
     A.cmd = argv + i;
@@ -316,11 +313,11 @@ static void parse_args(int argc, char **argv) {
 
 /* Close every descriptor but 0-2 and the named ones; those become close-on-exec. */
 static void close_fds(void) {
-    int keep[3] = { A.ticket_fd, A.proxy_fd, status_fd }, hi = keep[0];
-    for (int a = 1; a < 3; a++) hi = keep[a] > hi ? keep[a] : hi;
+    int keep[4] = { A.ticket_fd, A.proxy_fd, status_fd, A.wd_fd }, hi = keep[0];
+    for (int a = 1; a < 4; a++) hi = keep[a] > hi ? keep[a] : hi;
     for (int fd = 3; fd < hi; fd++)
-        if (fd != keep[0] && fd != keep[1] && fd != keep[2] && close(fd) != 0 && errno != EBADF)
-            die(SYS, "close: %m");
+        if (fd != keep[0] && fd != keep[1] && fd != keep[2] && fd != keep[3] && close(fd) != 0
+            && errno != EBADF) die(SYS, "close: %m");
     if (close_range((unsigned)hi + 1, ~0u, 0) != 0) die(SYS, "close_range: %m");
     if (status_fd >= 0 && fcntl(status_fd, F_SETFD, FD_CLOEXEC) != 0) /* the others are read */
         status_fd = -1, die(CALLER, "--status-fd: descriptor not open");
@@ -336,14 +333,12 @@ static void set_signals(int payload) {
             die(SYS, "signal %d: %m", s);
     if (signal(SIGPIPE, payload ? SIG_DFL : SIG_IGN) == SIG_ERR || sigemptyset(&none) != 0
         || signal(SIGXFSZ, payload ? SIG_DFL : SIG_IGN) == SIG_ERR
-        || sigprocmask(SIG_SETMASK, &none, NULL) != 0)
-        die(SYS, "cannot reset signals: %m");
+        || sigprocmask(SIG_SETMASK, &none, NULL) != 0) die(SYS, "cannot reset signals: %m");
 }
 
 /* In setuid mode: really setuid root, from a root-owned file. Then the log file, if any. */
 static void check_install(void) {
-    struct stat st;
-    int fd = C.log_only ? -1 : open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    struct stat st; int fd = C.log_only ? -1 : open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
     if (!C.log_only && geteuid() != 0)
         die(SYS, "not installed setuid root (euid %u): needs root:root 4755, no nosuid", geteuid());
     if (!C.log_only && (fd < 0 || fstat(fd, &st) != 0 || close(fd) != 0 || st.st_uid != 0
@@ -359,8 +354,7 @@ static void check_install(void) {
 
 /* docs/ticket.md "Verification" steps 1-5, in that order; the text parsed strictly. */
 static void verify_ticket(void) {
-    static char w[MAX_WIRE + 2];
-    static unsigned char text[MAX_WIRE], sig[80];
+    static char w[MAX_WIRE + 2]; static unsigned char text[MAX_WIRE], sig[80];
     const char *v[13], *p, *end, *c, *dot, *t = (const char *)text;
     size_t n, tl, sl, vl[13]; char host[256] = "";
     int r = read_fd(A.ticket_fd, w, sizeof w, &n);
@@ -472,9 +466,8 @@ static void check_target(void) {
 
 /* A ticket works once: create <nonce_dir>/<nonce> with O_EXCL in a root-only directory. */
 static void burn_nonce(void) {
-    struct stat st;
     if (C.log_only && geteuid() != 0) { logmsg("log-only without root: nonce not burnt"); return; }
-    int d = open(C.nonce_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st; int d = open(C.nonce_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (d < 0 || fstat(d, &st) != 0) die(SYS, "nonce_dir %s: %m", C.nonce_dir);
     if (st.st_uid != 0 || (st.st_mode & 077)) die(SYS, "nonce_dir %s: need root 0700", C.nonce_dir);
     int f = openat(d, T.nonce, O_CREAT | O_EXCL | O_NOFOLLOW | O_WRONLY | O_CLOEXEC, 0600);
@@ -495,6 +488,21 @@ static void drop(uid_t r, uid_t u, gid_t g, int groups) {
     if (u != 0 && r != 0 && (setuid(0) == 0 || seteuid(0) == 0 || setgid(0) == 0))
         die(SYS, "root privileges could be regained");
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) die(SYS, "PR_SET_DUMPABLE: %m"); /* creds reset it */
+}
+
+/* Work-directory hand-over, by descriptor only: a new directory in the caller's own one, owned
+ * by the target with the caller's group (setgid, 2770); the payload starts in it. */
+static void make_workdir(uid_t u) {
+    struct stat st; int d;
+    if (A.wd_fd < 0) return;
+    if (fstat(A.wd_fd, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ruid)
+        die(CALLER, "--workdir-fd: not a directory owned by the caller");
+    if (mkdirat(A.wd_fd, A.wd_name, 0700) != 0) die(CALLER, "cannot create workdir %s: %m", A.wd_name);
+    if ((d = openat(A.wd_fd, A.wd_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0
+        || fstat(d, &st) != 0 || st.st_uid != geteuid() || st.st_nlink != 2)
+        die(CALLER, "work directory %s was swapped before the hand-over", A.wd_name);
+    if (fchown(d, u, rgid) != 0 || fchmod(d, 02770) != 0 || fchdir(d) != 0 || close(d) != 0
+        || close(A.wd_fd) != 0) die(SYS, "cannot hand over work directory %s: %m", A.wd_name);
 }
 
 /* Write the verified proxy as the (already switched) target user; refuse anything odd. */
@@ -525,8 +533,7 @@ static void write_proxy(uid_t u) {
 static char **build_env(const char *user) {
     static char *envp[MAX_ENV + 8], path[] = "PATH=" DEFAULT_PATH, own[4][PATH_MAX + 24];
     const char *val[4] = { home, user, user, A.tproxy }; /* OWN_NAME's values */
-    int n = 1;
-    envp[0] = path;
+    int n = 1; envp[0] = path;
     for (int i = 0; i < A.nenv; i++) {
         size_t l = strcspn(A.env[i], "=");
         if (l == 4 && !memcmp(A.env[i], "PATH", 4)) envp[0] = (char *)A.env[i];
@@ -541,6 +548,7 @@ static char **build_env(const char *user) {
 static int exec_payload(char **envp, char *why, size_t n) {
     set_signals(1);
     if (setrlimit(RLIMIT_FSIZE, &fsize) != 0) return snprintf(why, n, "setrlimit: %m"), SYS;
+    if (A.wd_name) umask(007); /* what the payload leaves in the work directory, the pilot reads */
     execve(A.cmd[0], A.cmd, envp);
     int code = errno == ENOENT || errno == ENOTDIR ? CALLER : NOEXEC;
     return snprintf(why, n, "cannot execute %s: %m", A.cmd[0]), code;
@@ -548,8 +556,7 @@ static int exec_payload(char **envp, char *why, size_t n) {
 
 static void run(void) {
     int linger = A.linger >= 0 ? A.linger : C.linger, st = 0, sig = 0, ep[2], s;
-    uid_t u = C.log_only ? ruid : (uid_t)T.uid, a, b, c;
-    gid_t g = C.log_only ? rgid : (gid_t)T.gid;
+    uid_t u = C.log_only ? ruid : (uid_t)T.uid, a, b, c; gid_t g = C.log_only ? rgid : (gid_t)T.gid;
     const char *user = C.log_only ? caller : T.user; char sgl[64 * 11 + 1] = "-", why[64];
     struct { int code; char why[240]; } m = { SYS, "" };
     sigset_t fwd; siginfo_t si; struct rusage ru; pid_t pid, got = 0;
@@ -558,6 +565,7 @@ static void run(void) {
     logmsg("%s: caller_uid=%u caller=%s target=%s uid=%llu gid=%llu sgids=%s subject=\"%s\" "
            "nonce=%s cmd=%s", C.log_only ? "log-only, no identity switch: would map" : "permit",
            ruid, caller, T.user, T.uid, T.gid, sgl, T.subject, T.nonce, cmdline);
+    phase = "workdir", make_workdir(u);
     /* Lingering parent: real uid the caller (who may signal it), effective/saved the target. */
     phase = "switch", drop(linger && ruid != 0 ? ruid : u, u, g, !C.log_only);
     if (C.nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die(SYS, "no_new_privs: %m");
@@ -578,16 +586,14 @@ static void run(void) {
         if (close(ep[0]) != 0 || setresuid(u, u, u) != 0 || getresuid(&a, &b, &c) != 0
             || a != u || b != u || c != u || (u != 0 && setuid(0) == 0))
             snprintf(m.why, sizeof m.why, "cannot drop the payload to uid %u", u);
-        else
-            m.code = exec_payload(envp, m.why, sizeof m.why);
+        else m.code = exec_payload(envp, m.why, sizeof m.why);
         _exit(write(ep[1], &m, sizeof m) == (ssize_t)sizeof m ? m.code : SYS);
     }
     if (close(ep[1]) != 0) die(SYS, "close: %m");
     while (got == 0) { /* forward signals until the payload is reaped */
         if ((s = sigwaitinfo(&fwd, &si)) < 0 && errno == EINTR) continue;
         if (s < 0) die(SYS, "sigwaitinfo: %m");
-        if (s != SIGCHLD && kill(pid, s) != 0 && errno != ESRCH)
-            logmsg("cannot forward signal %d to %d: %m", s, (int)pid);
+        if (s != SIGCHLD && kill(pid, s) != 0 && errno != ESRCH) logmsg("cannot forward signal %d: %m", s);
         if (s == SIGCHLD && (got = waitpid(pid, &st, WNOHANG)) < 0) die(SYS, "waitpid: %m");
     }
     ssize_t k = read(ep[0], &m, sizeof m);
@@ -596,15 +602,13 @@ static void run(void) {
     if (getrusage(RUSAGE_CHILDREN, &ru) != 0) memset(&ru, 0, sizeof ru);
     int raw = WIFSIGNALED(st) ? 128 + (sig = WTERMSIG(st)) : WEXITSTATUS(st);
     int code = !sig && raw >= 201 && raw <= 204 ? PAYLOAD : raw;
-    if (C.cleanup && tp_made && unlinkat(tp_dir, tp_name, 0) != 0)
-        logmsg("cannot remove target proxy %s: %m", A.tproxy);
+    if (C.cleanup && tp_made && unlinkat(tp_dir, tp_name, 0) != 0) logmsg("cannot remove %s: %m", A.tproxy);
     logmsg("payload done: pid=%d target=%s uid=%u exit=%d signal=%d helper_exit=%d utime=%ld.%06ld"
            " stime=%ld.%06ld maxrss=%ldKiB nonce=%s", (int)pid, user, u, sig ? -1 : raw, sig, code,
            (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec, (long)ru.ru_stime.tv_sec,
            (long)ru.ru_stime.tv_usec, ru.ru_maxrss, T.nonce);
     snprintf(why, sizeof why, "payload %s %d", sig ? "killed by signal" : "exited", sig ? sig : raw);
-    report("payload", raw, sig, why);
-    exit(code);
+    report("payload", raw, sig, why), exit(code);
 }
 
 int main(int argc, char **argv) {
@@ -618,13 +622,11 @@ int main(int argc, char **argv) {
     if (getrlimit(RLIMIT_FSIZE, &fsize) != 0) _exit(SYS);
     if (setrlimit(RLIMIT_FSIZE, &big) != 0 /* without CAP_SYS_RESOURCE: up to the hard limit */
         && setrlimit(RLIMIT_FSIZE, &(struct rlimit){ fsize.rlim_max, fsize.rlim_max }) != 0) _exit(SYS);
-    openlog("glexec-helper", LOG_PID, LOG_AUTHPRIV);
-    ruid = getuid(), rgid = getgid();
+    openlog("glexec-helper", LOG_PID, LOG_AUTHPRIV), ruid = getuid(), rgid = getgid();
     parse_args(argc, argv);
     phase = "setup", close_fds(), set_signals(0);
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0
-        || !OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL))
-        die(SYS, "cannot initialise");
+        || !OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL)) die(SYS, "cannot initialise");
     struct passwd *pw = getpwuid(ruid);
     snprintf(caller, sizeof caller, "%s", pw ? pw->pw_name : "");
     if (pw) snprintf(home, sizeof home, "%s", pw->pw_dir);
@@ -637,8 +639,7 @@ int main(int argc, char **argv) {
     phase = "whitelist";
     if (!caller[0] || !inlist(C.white, caller, strlen(caller), 1))
         die(AUTHZ, "caller %s (uid %u) is not in user_white_list", caller, ruid);
-    phase = "ticket", verify_ticket();
-    phase = "proxy", check_proxy();
+    phase = "ticket", verify_ticket(), phase = "proxy", check_proxy();
     phase = "target", check_target();
     phase = "nonce", burn_nonce();
     run();

@@ -450,3 +450,20 @@ def test_one_shared_file_for_both_halves(e2e: E2E) -> None:
     finally:
         e2e.write_conf(e2e.helper_conf, front=False)
     assert res.returncode == 0, (res.returncode, res.stderr)
+
+
+def test_workdir_handover_end_to_end(e2e: E2E) -> None:
+    """pilot -> glexec --workdir -> SCAS -> helper: the payload writes in a directory it owns,
+    the pilot reads the result and removes the directory, nothing else of the pilot's is seen."""
+    work = e2e.pilot_dir / f"job-{os.getpid()}"
+    script = "pwd; echo done > result; ls .. >/dev/null 2>&1 || echo sealed"
+    res = e2e.run(["--workdir", str(work), "/bin/sh", "-c", script])
+    assert res.returncode == 0, (res.returncode, res.stderr)
+    assert res.stdout.split() == [str(work), "sealed"]
+    st = work.lstat()
+    assert (st.st_uid, st.st_mode & 0o7777) == (e2e.ids[POOL1], 0o2770)
+    back = subprocess.run(["/bin/sh", "-c", f"cat {work}/result && rm -r {work}"],
+                          user=PILOT, group=PILOT, extra_groups=[], capture_output=True,
+                          text=True, timeout=20)  # fmt: skip
+    assert back.returncode == 0 and back.stdout == "done\n", back.stderr
+    assert not work.exists()

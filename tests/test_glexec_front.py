@@ -115,7 +115,6 @@ def test_config_defaults_and_types() -> None:
         "round-robin-random-start"
     )
     assert cfg.endpoints == ["unix:/run/scas.sock", "https://localhost:9/"]
-    assert cfg.helper_refuses() == []
 
 
 def test_config_unknown_key_is_202_naming_it() -> None:
@@ -176,13 +175,12 @@ def test_config_other_sections_and_comments_are_ignored() -> None:
     assert parse(text)["linger"] is True
 
 
-def test_config_legacy_keys_parse_but_the_helper_refuses_them() -> None:
+def test_config_legacy_keys_parse() -> None:
+    """A site's existing glexec.conf works unchanged (the helper skips keys it does not use)."""
     cfg = parse(conf_text(use_lcas="no", lcmaps_get_account_policy="glexec_get_account",
                           create_target_proxy="no", setuid_helper="/opt/h"))  # fmt: skip
     assert cfg["create_target_proxy"] is False and cfg["setuid_helper"] == "/opt/h"
-    # setuid_helper is in the helper's FRONT_KEYS (accepted and ignored there)
-    assert cfg.helper_refuses() == ["use_lcas", "lcmaps_get_account_policy",
-                                    "create_target_proxy"]  # fmt: skip
+    assert cfg["lcmaps_get_account_policy"] and cfg["use_lcas"] is False
 
 
 def _c_strings(block: str) -> set[str]:
@@ -190,9 +188,9 @@ def _c_strings(block: str) -> set[str]:
 
 
 def test_key_and_deny_lists_mirror_the_c_helper() -> None:
-    """The front validates the helper's keys as the helper does and knows which keys it
-    ignores (FRONT_KEYS); it refuses at least every variable the helper refuses, so nothing
-    it lets through dies later. Fails when setuid_helper.c changes them: keep them in step."""
+    """The front validates the helper's keys as the helper does; it refuses at least every
+    variable the helper refuses, so nothing it lets through dies later. Fails when
+    setuid_helper.c changes them: keep them in step."""
     src = HELPER_C.read_text()
 
     def c_list(name: str) -> set[str]:
@@ -205,7 +203,7 @@ def test_key_and_deny_lists_mirror_the_c_helper() -> None:
     if "YESNO[]" in src:
         own |= c_list("YESNO")
     assert own == set(conf.HELPER_KEYS)
-    assert c_list("FRONT_KEYS") == set(conf.HELPER_IGNORES)
+    assert not set(conf.FRONT_KEYS) & own
     assert c_list("BAD_PREFIX") <= set(conf.BAD_PREFIXES)
     assert c_list("BAD_NAME") <= set(conf.BAD_NAMES)
     assert c_list("OWN_NAME") == set(inputs.OWN_NAMES)
@@ -411,8 +409,7 @@ def test_check_config(tmp_path: Path) -> None:
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr
     write_conf(tmp_path, conf_text(setuid_helper="/opt/helper", use_lcas="no"))
     out = run(["--check-config"], env, tmp_path)
-    assert out.returncode == 202
-    assert "setuid helper refuses key(s) use_lcas" in out.stderr
+    assert out.returncode == 0, out.stderr  # legacy keys: the helper skips them
     write_conf(tmp_path, conf_text(colour="blue"))
     out = run(["--check-config"], env, tmp_path)
     assert out.returncode == 202 and "unknown key colour" in out.stderr
@@ -454,6 +451,12 @@ def front(tmp_path: Path, pki: TestPKI, alice: User) -> dict[str, str]:
         (["/bin/true"], {"X509_USER_PROXY": ""}, 201, "input", "X509_USER_PROXY is not set"),
         (["/bin/true"], {"X509_CERT_DIR": "/no/such/ca-dir"}, 201, "scas", "not a directory"),
         (["/bin/true"], {"GLEXEC_CONFIG": "/no/such/glexec.conf"}, 202, "config", "No such file"),
+        (["--workdir", "job", "/bin/true"], {}, 201, "input", "give an absolute path"),
+        (["--workdir", "/tmp/../x/..", "/bin/true"], {}, 201, "input", "whose last part"),
+        (["--workdir", "{nobodys}/newjob", "/bin/true"], {}, 201, "input",
+         "nobodys is not your directory"),
+        (["--workdir", "/no/such/newjob", "/bin/true"], {}, 201, "input", "No such file"),
+        (["--workdir", "{tmp}", "/bin/true"], {}, 201, "input", "exists; glexec creates"),
     ],
 )  # fmt: skip
 def test_early_refusals(
@@ -462,6 +465,13 @@ def test_early_refusals(
 ) -> None:  # fmt: skip
     """Refused before SCAS is asked (SCAS is unreachable here: asking would give 202)."""
     status = tmp_path / "status.json"
+    nobodys = tmp_path / "nobodys"
+    nobodys.mkdir()
+    if os.getuid() == 0:
+        os.chown(nobodys, 65534, 65534)
+    elif "{nobodys}" in " ".join(args):
+        pytest.skip("needs root to make a directory someone else owns")
+    args = [a.format(tmp=tmp_path / "helper", nobodys=nobodys) for a in args]
     out = run(["--status-file", str(status), *args], {**front, **env}, tmp_path)
     assert out.returncode == code, out.stderr
     assert says in out.stderr
@@ -679,21 +689,24 @@ def test_live_permit_with_ticket_execs_the_helper(central: Central, tmp_path: Pa
     env, record_path = _live(central, tmp_path, code=7)
     target = str(tmp_path / "x509up_target")
     status = tmp_path / "status.json"
-    args = ["--status-file", str(status), "--env", "LANG=nl_NL.UTF-8", "--workdir", "/",
+    args = ["--status-file", str(status), "--env", "LANG=nl_NL.UTF-8",
+            "--workdir", str(tmp_path / "job-7"),
             "/bin/echo", "a b", "--env", "-V", "--"]  # fmt: skip
     out = run(args, {**env, "GLEXEC_TARGET_PROXY": target}, tmp_path)
     assert out.returncode == 7, out.stderr  # the helper's status is glexec's
     rec = json.loads(record_path.read_text())
     argv = rec["argv"]
-    tfd, pfd, sfd = (int(argv[argv.index(o) + 1]) for o in
-                     ("--ticket-fd", "--proxy-fd", "--status-fd"))  # fmt: skip
+    tfd, pfd, sfd, wfd = (int(argv[argv.index(o) + 1]) for o in
+                          ("--ticket-fd", "--proxy-fd", "--status-fd", "--workdir-fd"))  # fmt: skip
     assert argv[1:] == [
         "--ticket-fd", str(tfd), "--proxy-fd", str(pfd), "--status-fd", str(sfd),
-        "--target-proxy", target, "--env", "TERM=xterm-front", "--env", "LANG=nl_NL.UTF-8",
+        "--target-proxy", target, "--workdir-fd", str(wfd), "--workdir-name", "job-7",
+        "--env", "TERM=xterm-front", "--env", "LANG=nl_NL.UTF-8",
         "--", "/bin/echo", "a b", "--env", "-V", "--",
     ]  # fmt: skip
-    assert {tfd, pfd, sfd} <= set(rec["fds"]) and min(tfd, pfd, sfd) >= 3
-    assert rec["env"] == [] and rec["cwd"] == "/"
+    assert {tfd, pfd, sfd, wfd} <= set(rec["fds"]) and min(tfd, pfd, sfd, wfd) >= 3
+    assert rec["env"] == [] and rec["cwd"] == str(tmp_path)  # the helper moves to the workdir
+    assert not (tmp_path / "job-7").exists()  # the helper creates it, not the front
     assert rec["--proxy-fd"] == Path(central.payload).read_text()
     fields = tickets.verify_ticket(
         rec["--ticket-fd"].strip(), central.public_line, now=time.time(),
