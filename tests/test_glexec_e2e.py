@@ -82,8 +82,8 @@ def _own(path: Path, uid: int, gid: int, mode: int) -> None:
 
 def _python_copy(base: Path) -> Path:
     """An interpreter the pilot can run: the venv's base Python (under /root, 0700) copied into
-    `base`, a venv made from it whose site-packages adds the project venv's (the editable
-    install). Returns that venv's python."""
+    `base`, a venv made from it whose sys.path holds the repository and the project venv's
+    site-packages. Returns that venv's python."""
     real = Path(os.path.realpath(sys.executable))
     prefix = Path(sys.base_prefix)
     py = base / "py"
@@ -107,9 +107,11 @@ def _python_copy(base: Path) -> Path:
     venv = base / "venv"
     subprocess.run([str(py / "bin" / real.name), "-m", "venv", "--without-pip", str(venv)],
                    check=True, capture_output=True)  # fmt: skip
+    # Plain path lines, as a regular (non-editable) install puts the packages on sys.path:
+    # the project venv's own .pth files (the editable finder, setuptools' hooks) are not run.
     site_pkgs = VENV / "lib" / PY_VER / "site-packages"
     (venv / "lib" / PY_VER / "site-packages" / "scas_project_venv.pth").write_text(
-        f"import site; site.addsitedir({str(site_pkgs)!r})\n"
+        f"{REPO}\n{site_pkgs}\n"
     )
     subprocess.run(["chmod", "-R", "a+rX,go-w", str(py), str(venv)], check=True)
     # byte-compile the copy as root once, so the pilot's runs do not recompile the stdlib
