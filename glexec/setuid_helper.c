@@ -584,7 +584,8 @@ static void run(void) {
     if (pid == 0) { /* the payload: all three uids the target's, then exec */
         tp_made = 0, status_fd = -1;
         if (close(ep[0]) != 0 || setresuid(u, u, u) != 0 || getresuid(&a, &b, &c) != 0
-            || a != u || b != u || c != u || (u != 0 && setuid(0) == 0))
+            || a != u || b != u || c != u || (u != 0 && setuid(0) == 0) /* a killed helper */
+            || prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() == 1) /* takes the payload */
             snprintf(m.why, sizeof m.why, "cannot drop the payload to uid %u", u);
         else m.code = exec_payload(envp, m.why, sizeof m.why);
         _exit(write(ep[1], &m, sizeof m) == (ssize_t)sizeof m ? m.code : SYS);
@@ -640,7 +641,6 @@ int main(int argc, char **argv) {
     if (!caller[0] || !inlist(C.white, caller, strlen(caller), 1))
         die(AUTHZ, "caller %s (uid %u) is not in user_white_list", caller, ruid);
     phase = "ticket", verify_ticket(), phase = "proxy", check_proxy();
-    phase = "target", check_target();
-    phase = "nonce", burn_nonce();
+    phase = "target", check_target(), phase = "nonce", burn_nonce();
     run();
 }

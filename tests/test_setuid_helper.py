@@ -726,6 +726,41 @@ def test_sigterm_to_the_lingering_helper_reaches_the_payload(site: Site) -> None
         proc.communicate()
 
 
+def test_sigkill_of_the_lingering_helper_takes_the_payload_with_it(site: Site) -> None:
+    """The pilot can SIGKILL its lingering helper (real uid the pilot's) but could not signal
+    an orphaned payload running as the pool account: the payload has PR_SET_PDEATHSIG."""
+    r, w = os.pipe()
+    os.write(w, site.ticket().encode())
+    os.close(w)
+    p_r, p_w = os.pipe()
+    os.write(p_w, site.proxy)
+    os.close(p_w)
+    proc = subprocess.Popen(
+        [str(site.helper), "--ticket-fd", str(r), "--proxy-fd", str(p_r), "--",
+         "/usr/bin/sleep", "31"],
+        user=PILOT, group=PILOT, extra_groups=[], pass_fds=(r, p_r), cwd="/", env={},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    os.close(r)
+    os.close(p_r)
+    try:
+        child = _wait_for_payload(proc.pid, "sleep")
+        kill = subprocess.run(["/bin/sh", "-c", f"kill -KILL {proc.pid}"], user=PILOT,
+                              group=PILOT, extra_groups=[], capture_output=True)  # fmt: skip
+        assert kill.returncode == 0, kill.stderr
+        proc.communicate(timeout=10)
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        gone = not Path(f"/proc/{child}").exists() or "Z" in Path(
+            f"/proc/{child}/stat").read_text().split()[2]
+        assert gone, "the payload outlived its helper"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
 def _wait_for_payload(pid: int, comm: str) -> int:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
