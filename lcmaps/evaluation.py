@@ -23,12 +23,13 @@ Semantics copied from ``pdl_main.c`` / ``evaluationmanager.c``:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from lcmaps.plugin_api import (
+    STORE_FACTORY,
     CredentialData,
     Mode,
     Plugin,
@@ -45,6 +46,10 @@ from sitefiles.plugins import load_plugin_class
 
 if TYPE_CHECKING:
     from credentials.credential import Credential
+    from leases.store import LeaseStore
+
+#: ``observer(policy, module, ok, ctx)``: told of every plugin run, in order
+Observer = Callable[[str, str, bool, RunContext], None]
 
 log = logging.getLogger("lcmaps")
 
@@ -93,6 +98,11 @@ class Engine:
         self.db = db
         self.policies: tuple[Policy, ...] = db.policies
         self.plugins: dict[str, Plugin] = {}
+        # Seams for ``scas-admin explain`` (None in the service): a callback told each step
+        # of the state machine, and where the pool plugins get their lease stores during a
+        # run (a read-only store, so that explaining a decision leases nothing).
+        self.observer: Observer | None = None
+        self.store_factory: Callable[[str], LeaseStore] | None = None
         for spec in db.plugins:
             if classes is not None:
                 cls = classes.get(spec.entry_point)
@@ -121,6 +131,15 @@ class Engine:
     def run(self, request: Request, policies: Sequence[str] | None = None) -> RunContext:
         """Evaluate; ``ctx.reason`` is None on success. The store holds the
         data of the policy that ran last."""
+        if self.store_factory is None:
+            return self._run(request, policies)
+        token = STORE_FACTORY.set(self.store_factory)
+        try:
+            return self._run(request, policies)
+        finally:
+            STORE_FACTORY.reset(token)
+
+    def _run(self, request: Request, policies: Sequence[str] | None) -> RunContext:
         ctx = RunContext(request)
         if request.mode is Mode.VERIFICATION:
             missing = [m for m, p in self.plugins.items() if not p.has_verify]
@@ -148,6 +167,8 @@ class Engine:
                     prev = policy
                 result = self._run_plugin(module_name(state), ctx)
                 ran_any = True
+                if self.observer is not None:
+                    self.observer(policy.name, module_name(state), result, ctx)
             state, rule, pidx = self._next(result, rule, pidx)
         if not ran_any:
             ctx.fail("no selected policy to evaluate")

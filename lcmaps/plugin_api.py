@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
+from leases import store_for
 from safetext import one_line
 from sitefiles.plugins import PluginInitError
 
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BANNED", "EXHAUSTED", "CredentialData", "Mode", "Plugin", "PluginInitError",
-    "PluginUnavailable", "Request", "RequestedAccount", "RunContext",
+    "PluginUnavailable", "Request", "RequestedAccount", "RunContext", "lease_store_for",
 ]
 
 log = logging.getLogger("lcmaps")
@@ -34,6 +36,19 @@ log = logging.getLogger("lcmaps")
 #: kinds of deny a client is told apart (the detail stays in the audit log)
 BANNED = "banned"
 EXHAUSTED = "exhausted"
+
+#: The lease-store factory of the run in progress (``Engine.store_factory``), or None for
+#: the process's real stores. A context variable, so one thread's run never sees another's.
+STORE_FACTORY: ContextVar[Callable[[str], LeaseStore] | None] = ContextVar(
+    "lcmaps_store_factory", default=None
+)
+
+
+def lease_store_for(path: str) -> LeaseStore:
+    """The lease store the pool plugins use for ``path``: :func:`leases.store_for`, unless
+    the running engine was given a factory (``scas-admin explain``'s read-only store)."""
+    factory = STORE_FACTORY.get()
+    return factory(path) if factory is not None else store_for(path)
 
 
 class PluginUnavailable(Exception):

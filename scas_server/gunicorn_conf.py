@@ -8,12 +8,21 @@ a new configuration replaces the old one only when all of it is valid;
 otherwise the error (file:line) is logged and the new workers gunicorn
 starts for the reload are forked with the previous, still valid pipeline.
 So an invalid file can never take the service down, however many workers.
+
+With a pidfile, every load (first and reload) also writes ``<pidfile>.status``
+atomically (JSON: pid, generation, attempt, loaded_at, last), so ``scas-admin``
+can tell that its SIGHUP was handled and whether the new policy was applied or
+rejected, and why, without scraping the log.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import ssl
+import tempfile
 import time
 from typing import Any
 
@@ -21,7 +30,8 @@ from gunicorn.app.base import BaseApplication
 
 from scas_server.config import ConfigError, ServerConfig, load_config
 
-__all__ = ["ScasApplication", "build_all", "gunicorn_settings"]
+__all__ = ["ScasApplication", "build_all", "gunicorn_settings", "status_path",
+           "write_status"]
 
 log = logging.getLogger("gunicorn.error")
 
@@ -80,6 +90,32 @@ def build_all(path: str) -> tuple[ServerConfig, Any]:
     return cfg, build_pipeline(cfg)
 
 
+def status_path(pidfile: str) -> str:
+    """Where the master reports its loads: beside the pidfile (``scas-admin`` reads it)."""
+    return pidfile + ".status"
+
+
+def write_status(path: str, status: dict[str, Any]) -> None:
+    """Replace ``path`` atomically (a reader never sees half a document); never raise."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".scas-status.", suffix=".tmp")
+    except OSError as exc:
+        log.warning("cannot write the reload status %s: %s", path, exc.strerror)
+        return
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(status, fh, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot write the reload status %s: %s", path, exc.strerror)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
 class ScasApplication(BaseApplication):
     """gunicorn application whose settings and policy come from one YAML file."""
 
@@ -87,13 +123,17 @@ class ScasApplication(BaseApplication):
         self.config_path = config_path
         self.scas: ServerConfig | None = None
         self.pipeline: Any = None
-        self.loads = 0
+        self.loads = 0  # successful loads: the policy generation
+        self.attempts = 0
+        self.loaded_at: float | None = None
         super().__init__(usage=None, prog="scas-server")
 
     def load_config(self) -> None:
         from scas_server import metrics
 
         first = self.scas is None
+        self.attempts += 1
+        started = time.time()
         try:
             cfg, pipeline = build_all(self.config_path)
         except ConfigError as exc:
@@ -102,17 +142,33 @@ class ScasApplication(BaseApplication):
             metrics.RELOADS.labels("rejected").inc()
             for line in exc.errors:
                 log.error("reload rejected, keeping the running policy: %s", line)
+            self._report("rejected", exc.errors, started)
         else:
             self.scas, self.pipeline = cfg, pipeline
             self.loads += 1
-            metrics.CONFIG_LOADED.set(time.time())
+            self.loaded_at = time.time()
+            metrics.CONFIG_LOADED.set(self.loaded_at)
             if not first:
                 metrics.RELOADS.labels("applied").inc()
                 log.info("configuration reloaded from %s", cfg.path)
+            self._report("applied", [], started)
         assert self.scas is not None
         for key, value in gunicorn_settings(self.scas).items():
             if key in self.cfg.settings:  # skip settings an older gunicorn lacks
                 self.cfg.set(key, value)
+
+    def _report(self, result: str, errors: list[str], started: float) -> None:
+        """Write ``<pidfile>.status`` for this load attempt (only when a pidfile is set)."""
+        if self.scas is None or self.scas.pidfile is None:
+            return
+        write_status(status_path(self.scas.pidfile), {
+            "pid": os.getpid(),
+            "generation": self.loads,
+            "attempt": self.attempts,
+            "loaded_at": self.loaded_at,
+            "last": {"result": result, "errors": list(errors), "started": started,
+                     "at": time.time()},
+        })
 
     def do_load_config(self) -> None:
         # gunicorn's own version exits on any error; the first load must

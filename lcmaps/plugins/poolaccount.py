@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from lcmaps.plugin_api import Plugin, PluginInitError, RunContext
+from lcmaps.plugin_api import Plugin, PluginInitError, RunContext, lease_store_for
 from lcmaps.plugins._common import (
     GRIDMAPDIR_OPTS,
     GRIDMAPFILE_OPTS,
@@ -26,7 +26,7 @@ from lcmaps.plugins._common import (
     register_dn,
     requested_username,
 )
-from leases import LeaseStore, store_for
+from leases import LeaseStore
 from leases.store import MAX_MAPPINGS_LIMIT, GridmapDirError
 from sitefiles import mapfile
 from sitefiles.mapfile import default_gridmapfile
@@ -38,7 +38,7 @@ NAME = "lcmaps_poolaccount"
 def gridmapdir_for(path: str | None) -> LeaseStore | None:
     """The lease store of ``-gridmapdir`` (else ``$GRIDMAPDIR``), or None when neither is set."""
     path = path or os.environ.get("GRIDMAPDIR")
-    return store_for(path) if path else None
+    return lease_store_for(path) if path else None
 
 
 class PoolAccount(Plugin):
