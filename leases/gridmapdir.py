@@ -27,7 +27,9 @@ the argument that no interleaving hands one account to two credentials):
 1. *claim*: hard-link the free entry to a private name (``leases.claims``);
 2. *verify*: the claim's link count must be exactly 2 (entry + our claim);
    more means another claimant: remove ours, rescan after a short back-off;
-3. *publish*: ``renameat2(claim, lease, RENAME_NOREPLACE)``, so the lease
+3. *publish*: touch the claim (so no lease appears with the free entry's old mtime,
+   which an expiry would take for an old lease), then
+   ``renameat2(claim, lease, RENAME_NOREPLACE)``, so the lease
    appears with link count 2 in one step (link + unlink where the file
    system lacks it); if the lease already exists, a concurrent request for
    the same credential won: drop the claim and reuse that lease.
@@ -75,6 +77,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from leases import upkeep
 from leases.claims import (
     CLAIM_PREFIX,
     CLAIM_TIMEOUT,
@@ -361,7 +364,12 @@ class GridmapDir(LeaseStore):
             time.sleep(0.001)
             raise _Retry  # a fallback publish between its link and unlink
         if in_pool(other, pool, strict):
-            self._touch(name)
+            try:
+                os.utime(self._p(name))
+            except FileNotFoundError:
+                raise _Retry from None  # released or expired since our lstat: look again
+            except OSError as exc:
+                raise self._oserror(exc, f"cannot touch {name}") from None
             return Lease(other, name, reused=True)
         if not override:
             raise WrongPool(f"lease {name} points to {other}, which is not in pool .{pool}")
@@ -466,6 +474,7 @@ class GridmapDir(LeaseStore):
             if cst.st_nlink < 2:
                 return None  # the entry was removed meanwhile
             self._step("verified", ent)
+            self._fresh(claim)  # the lease must never appear with the free entry's old mtime
             self._publish(claim, name)
             published = True
         finally:
@@ -476,6 +485,16 @@ class GridmapDir(LeaseStore):
         with self._lock:
             self._inodes[st.st_ino] = ent
         return Lease(ent, name, reused=False)
+
+    def _fresh(self, claim: str) -> None:
+        """Touch our claim before publishing it: an expiry running beside us would take a
+        lease that appeared with the entry's old mtime for an old lease."""
+        try:
+            os.utime(self._p(claim))
+        except FileNotFoundError:
+            raise _Raced from None  # swept as stale: start over
+        except OSError as exc:
+            raise self._oserror(exc, f"cannot touch {claim}") from None
 
     def _publish(self, claim: str, name: str) -> None:
         """Give the won entry its lease name; _Retry if the lease appeared meanwhile."""
@@ -593,13 +612,13 @@ class GridmapDir(LeaseStore):
     # -- administration ------------------------------------------------------------
 
     def release(self, name: str) -> bool:
+        """Remove lease ``name`` race-safely (``leases.upkeep``); False if it was not there.
+
+        A lease that was re-made for another account while we looked is put back (False).
+        """
         if not name.startswith("%") or "/" in name:
             raise LeaseArgumentError(f"{name!r} is not a lease name (leases start with %)")
-        st = self._lstat(name)
-        if st is None:
-            return False
-        self._unlink(name)
-        return True
+        return upkeep.release_name(self.path, name).outcome == "removed"
 
     def leases(self) -> list[LeaseInfo]:
         names: dict[int, list[str]] = {}
@@ -623,24 +642,15 @@ class GridmapDir(LeaseStore):
         return out
 
     def expire(self, max_age: float, *, now: float | None = None) -> list[LeaseInfo]:
-        """Remove leases older than ``max_age`` (by mtime, which reuse refreshes).
+        """Remove leases not renewed for ``max_age`` seconds, and stale claims.
 
-        The mtime is re-read just before the unlink; a reuse that touches the
-        lease between that check and the unlink can still lose its lease (the
-        same window the classic cron clean-up has).
+        Race-safe beside live writers (``leases.upkeep``): a lease renewed or re-linked
+        between the scan and its removal is kept.
         """
         cutoff = (time.time() if now is None else now) - max_age
         self.sweep_claims()
-        removed: list[LeaseInfo] = []
-        for info in self.leases():
-            if info.mtime >= cutoff:
-                continue
-            st = self._lstat(info.name)
-            if st is None or st.st_mtime >= cutoff:
-                continue
-            self._unlink(info.name)
-            removed.append(info)
-        return removed
+        removed = upkeep.expire_leases(self.path, cutoff)
+        return [r.lease.info() for r in removed if r.outcome == "removed"]
 
     def sweep_claims(self) -> list[str]:
         """Remove stale claims (left by killed processes); return their names."""

@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 
-__all__ = ["encode_lease", "in_pool", "is_candidate_entry", "lease_name", "lease_string"]
+__all__ = [
+    "decode_lease",
+    "encode_lease",
+    "in_pool",
+    "is_candidate_entry",
+    "lease_name",
+    "lease_string",
+]
 
 def _as_bytes(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
@@ -96,3 +103,29 @@ def is_candidate_entry(name: str) -> bool:
     return not (name[:1] in ("%", ".", "") or name == "root" or "~" in name)
 
 
+def decode_lease(name: str) -> tuple[str, tuple[str, ...], int | None]:
+    """A lease name read back: (identity, group names, mapcount), for admin listings.
+
+    Only as far as the encoding allows: C lower-cased the identity's letters, so
+    ``/DC=org/CN=Alice`` comes back as ``/dc=org/cn=alice``; a byte >= 0x80 (C's
+    ``%ff`` quirk) comes back as U+FFFD. Compare identities encoded, never decoded.
+    """
+    head, sep, tail = name.partition(":")
+    raw = bytearray()
+    i = 0
+    while i < len(head):
+        hexpart = head[i + 1 : i + 3]
+        if head[i] == "%" and len(hexpart) == 2 and all(c in _HEX for c in hexpart):
+            raw.append(int(hexpart, 16))
+            i += 3
+        else:
+            raw += head[i].encode("utf-8", "surrogateescape")
+            i += 1
+    groups = [g for g in tail.split(":") if g] if sep else []
+    mapcount = None
+    if groups and groups[-1].startswith("mapcount=") and groups[-1][9:].isdigit():
+        mapcount = int(groups.pop()[9:])
+    return raw.decode("utf-8", "replace"), tuple(groups), mapcount
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
