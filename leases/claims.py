@@ -28,6 +28,7 @@ __all__ = [
     "CLAIM_TIMEOUT",
     "claim_is_stale",
     "new_claim_name",
+    "process_alive",
     "rename_noreplace",
 ]
 
@@ -55,10 +56,11 @@ def claim_is_stale(name: str, *, timeout: float = CLAIM_TIMEOUT, now: float | No
         return True
     if (time.time() if now is None else now) - made > timeout:
         return True
-    return host == _HOST and not _alive(pid)
+    return host == _HOST and not process_alive(pid)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether `pid` names a live process (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

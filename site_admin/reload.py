@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from leases.claims import process_alive
 from site_admin.common import AdminError, Refused
 
 __all__ = ["ReloadTimeout", "Reloaded", "ServerRejected", "reload_server"]
@@ -83,16 +84,6 @@ def _read_pid(pidfile: str) -> int | None:
             raise AdminError(f"{pidfile}: cannot read: {exc.strerror}") from None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running_master(pidfile: str | None) -> int | None:
     """The pid of the running master named by ``pidfile``, or None when none runs.
 
@@ -102,7 +93,7 @@ def running_master(pidfile: str | None) -> int | None:
     if pidfile is None:
         return None
     pid = _read_pid(pidfile)
-    if pid is None or pid <= 1 or not _alive(pid):
+    if pid is None or pid <= 1 or not process_alive(pid):
         return None
     status = read_status(pidfile)
     if status is None or status.get("pid") != pid:
@@ -148,7 +139,7 @@ def _wait_attempt(pidfile: str, pid: int, after: int, sent_at: float,
         if (status is not None and int(status.get("attempt", 0)) > after
                 and float(last.get("started", 0)) >= sent_at):
             return status
-        if not _alive(pid):
+        if not process_alive(pid):
             raise AdminError(f"scas-server (pid {pid}) exited during the reload")
         time.sleep(POLL)
     raise ReloadTimeout(f"scas-server (pid {pid}) did not report the reload within "
@@ -161,7 +152,7 @@ def _wait_workers(pid: int, since_ticks: int, timeout: float) -> None:
         workers = _workers(pid)
         if workers and all(start >= since_ticks for _, start in workers):
             return
-        if not _alive(pid):
+        if not process_alive(pid):
             raise AdminError(f"scas-server (pid {pid}) exited during the reload")
         time.sleep(POLL)
     raise ReloadTimeout(f"scas-server (pid {pid}) applied the new policy but its old workers "

@@ -691,21 +691,28 @@ def test_command_not_found_gives_201(site: Site, command: str) -> None:
         assert "command not found" in res.stderr or "No such file" in res.stderr
 
 
-def test_sigterm_to_the_lingering_helper_reaches_the_payload(site: Site) -> None:
+def _lingering_sleep(site: Site, seconds: str) -> subprocess.Popen[bytes]:
+    """The installed helper, started by the pilot, lingering over `sleep seconds`."""
     r, w = os.pipe()
     os.write(w, site.ticket().encode())
     os.close(w)
     p_r, p_w = os.pipe()
     os.write(p_w, site.proxy)
     os.close(p_w)
-    proc = subprocess.Popen(
-        [str(site.helper), "--ticket-fd", str(r), "--proxy-fd", str(p_r), "--",
-         "/usr/bin/sleep", "30"],
-        user=PILOT, group=PILOT, extra_groups=[], pass_fds=(r, p_r), cwd="/", env={},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    os.close(r)
-    os.close(p_r)
+    try:
+        return subprocess.Popen(
+            [str(site.helper), "--ticket-fd", str(r), "--proxy-fd", str(p_r), "--",
+             "/usr/bin/sleep", seconds],
+            user=PILOT, group=PILOT, extra_groups=[], pass_fds=(r, p_r), cwd="/", env={},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+    finally:
+        os.close(r)
+        os.close(p_r)
+
+
+def test_sigterm_to_the_lingering_helper_reaches_the_payload(site: Site) -> None:
+    proc = _lingering_sleep(site, "30")
     try:
         child = _wait_for_payload(proc.pid, "sleep")
         # the lingering helper keeps no root: real uid the pilot's, effective/saved the target's
@@ -729,20 +736,7 @@ def test_sigterm_to_the_lingering_helper_reaches_the_payload(site: Site) -> None
 def test_sigkill_of_the_lingering_helper_takes_the_payload_with_it(site: Site) -> None:
     """The pilot can SIGKILL its lingering helper (real uid the pilot's) but could not signal
     an orphaned payload running as the pool account: the payload has PR_SET_PDEATHSIG."""
-    r, w = os.pipe()
-    os.write(w, site.ticket().encode())
-    os.close(w)
-    p_r, p_w = os.pipe()
-    os.write(p_w, site.proxy)
-    os.close(p_w)
-    proc = subprocess.Popen(
-        [str(site.helper), "--ticket-fd", str(r), "--proxy-fd", str(p_r), "--",
-         "/usr/bin/sleep", "31"],
-        user=PILOT, group=PILOT, extra_groups=[], pass_fds=(r, p_r), cwd="/", env={},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    os.close(r)
-    os.close(p_r)
+    proc = _lingering_sleep(site, "31")
     try:
         child = _wait_for_payload(proc.pid, "sleep")
         kill = subprocess.run(["/bin/sh", "-c", f"kill -KILL {proc.pid}"], user=PILOT,
