@@ -13,6 +13,10 @@ endpoint memory kept in :mod:`client.endpoint_memory`) over :mod:`client.transpo
 holds its exception classes; :mod:`client.cli` is ``scas-query``.
 
 Imports: :mod:`safetext`, lxml and the standard library only. ``import client`` imports
-nothing; ``client.failover`` loads ssl, http.client and lxml on first use: glexec imports
-the client once per payload, and flask, zeep, requests or http.server never come along.
+nothing. The failover client's path is standard library only, and lean: the query is
+written as text (:mod:`client.xacml_text`), the reply read with expat
+(:mod:`client.xacml_expat`, :mod:`client.xacml_decision`), the HTTP exchange is
+:mod:`client.http11`; ssl loads only for an https endpoint. glexec imports the client once
+per payload, so lxml, http.client, dataclasses and typing never come along (the lxml
+modules are the server's half; they re-export the client's pieces under their old names).
 """

@@ -11,17 +11,20 @@ The file belongs to the caller (``$XDG_RUNTIME_DIR/scas-client/endpoints.json``,
 corrupt, unreadable or unwritable file is ignored, never fatal, and two processes writing
 at once lose at most one note. It is written only when something changes, atomically
 (a temporary file in the same directory, mode 0600, then rename), so a reader never sees
-half a file.
+half a file; once no failure is left to remember it is removed, so the common case (no file)
+costs glexec neither a read nor the import of json.
 
 Standard library only.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from collections.abc import Callable, Sequence
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 #: seconds a failed endpoint is tried last
 DEFAULT_HOLD = 60.0
@@ -93,6 +96,8 @@ class EndpointMemory:
         if len(raw) > MAX_STATE:
             self.problem = f"{self.path}: larger than {MAX_STATE} bytes, ignored"
             return {}
+        import json
+
         try:
             data = json.loads(raw)
             failed = data["failed"]
@@ -106,6 +111,16 @@ class EndpointMemory:
             return {}
 
     def _save(self, failed: dict[str, float]) -> None:
+        if not failed:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                self.problem = f"cannot remove {self.path}: {exc.strerror}"
+            return
+        import json
+
         directory = os.path.dirname(self.path) or "."
         # a private temporary name next to the file (tempfile would cost 6 ms of imports)
         tmp = os.path.join(directory, f".endpoints-{os.getpid()}-{os.urandom(6).hex()}.tmp")

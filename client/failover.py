@@ -26,25 +26,37 @@ The rules (DESIGN.md section 7), and why:
   gatekeeper timeouts. Between attempts the loop sleeps 50-100 ms (jittered) so that
   clients that failed together do not retry in step.
 
-`import client.failover` is cheap: ssl, http.client and lxml load on first use.
+`import client.failover` is cheap: the transport (socket, and ssl for an https endpoint)
+loads on first use, and nothing on glexec's path imports lxml, dataclasses, typing,
+http.client or urllib (tests/test_client_lean.py): glexec runs once per payload.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from client.endpoint_memory import EndpointMemory
 from client.failures import AllEndpointsFailed, Attempt, AttemptError, ClientConfigError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import random
+    from collections.abc import Callable, Sequence
+    from typing import NamedTuple
+
     from client.query import Query
     from client.transport import Endpoint, TlsCredentials
-    from client.xacml_response import Decision
+    from client.xacml_decision import Decision
+
+    class _ResultFields(NamedTuple):
+        decision: Decision
+        endpoint: str
+        attempts: tuple[Attempt, ...]
+else:
+    from collections import namedtuple
+
+    _ResultFields = namedtuple("_ResultFields", "decision endpoint attempts")
 
 STRATEGIES = ("round-robin", "round-robin-random-start", "random")
 DEFAULT_STRATEGY = "round-robin-random-start"
@@ -80,13 +92,10 @@ def short_obligation(obligation_id: str) -> str:
     return obligation_id.removeprefix(_OBLIGATION_PREFIX)
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(_ResultFields):
     """An answer: the decision, who gave it, and every attempt up to it (this one last)."""
 
-    decision: Decision
-    endpoint: str
-    attempts: tuple[Attempt, ...]
+    __slots__ = ()
 
     @property
     def permitted(self) -> bool:
@@ -182,19 +191,30 @@ class FailoverClient:
             self.memory: EndpointMemory | None = EndpointMemory()
         else:
             self.memory = memory or None
-        self.rng = rng or random.Random()
+        self._rng = rng
         self._sleep = sleep
+
+    @property
+    def rng(self) -> random.Random:
+        """The injected generator, else a fresh one made when a choice is first needed."""
+        if self._rng is None:
+            import random
+
+            self._rng = random.Random()
+        return self._rng
 
     def plan(self) -> list[str]:
         """The order the next query will try the endpoints in."""
-        order = order_endpoints(list(self.endpoints), self.strategy, self.rng)
+        urls = list(self.endpoints)
+        # one endpoint has one order: no random numbers (nor the `random` module) needed
+        order = order_endpoints(urls, self.strategy, self.rng) if len(urls) > 1 else urls
         return self.memory.order(order) if self.memory is not None else order
 
     def ask(self, query: Query) -> Result:
         """Send `query` until an endpoint answers; AllEndpointsFailed within the deadline."""
         from client import transport
+        from client.xacml_decision import parse_response
         from client.xacml_errors import SoapFaultReceived, XacmlError
-        from client.xacml_response import parse_response
 
         deadline_at = time.monotonic() + self.deadline
         attempts: list[Attempt] = []

@@ -11,14 +11,25 @@ FQANs and subject DN sent here are what the PEP believes, logged by the server a
 
 from __future__ import annotations
 
-import re
+import re  # loaded anyway: base64 and ssl import it
 import socket
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 from client import xacml_ids as ids
 from client.failures import ClientConfigError
-from client.xacml_request import build_request, new_id
+from client.xacml_text import build_request, new_id
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import NamedTuple
+
+    class _QueryFields(NamedTuple):
+        body: bytes
+        request_id: str
+else:
+    from collections import namedtuple
+
+    _QueryFields = namedtuple("_QueryFields", "body request_id")
 
 RESOURCE_TYPES = ("wn", "ce", "se")
 ACTIONS = ("execute-now", "queue", "access")
@@ -29,12 +40,10 @@ _CERT_PEM = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class Query:
+class Query(_QueryFields):
     """The bytes to POST and the ID the reply must carry in InResponseTo."""
 
-    body: bytes
-    request_id: str
+    __slots__ = ()
 
 
 def certificates(pem: bytes) -> bytes:
@@ -112,6 +121,6 @@ def build_query(
             return_context=False,
             caller_uid=caller_uid,
         )
-    except ValueError as exc:  # lxml refuses control characters in a DN or FQAN
+    except ValueError as exc:  # control characters in a DN or FQAN
         raise ClientConfigError(f"cannot build the query: {exc}") from None
     return Query(body, rid)

@@ -23,56 +23,68 @@ Why it is built this way:
   verify it.
 - A renewed credential file (new mtime/size) gets a new TLS context and new connections.
 - After ``fork()``, the child never reuses the parent's TLS connections.
+- **Cheap to import**: glexec starts once per payload. The HTTP exchange is
+  :mod:`client.http11` (http.client would bring the email package), the URL parser is the
+  few lines below (urllib.parse), and ssl is imported only for an https endpoint.
 
-Standard library (ssl, http.client, socket) and :mod:`client.failures` only.
+Standard library (socket; ssl for https) and :mod:`client.failures`, :mod:`client.http11`.
 """
 
 from __future__ import annotations
 
-import http.client
-import io
-import math
+import _thread
 import os
 import socket
-import ssl
-import threading
+import sys
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
+from client import http11
 from client.failures import AttemptError, ClientConfigError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
+    import ssl
+    from typing import NamedTuple
+
+    class _EndpointFields(NamedTuple):
+        url: str
+        scheme: str  # "https" or "unix"
+        host: str
+        port: int | None
+        path: str
+
+    class _CredentialFields(NamedTuple):
+        cert: str
+        key: str | None
+        certdir: str
+
+    _PoolKey = tuple[str, "TlsCredentials | None"]
+else:
+    from collections import namedtuple
+
+    _EndpointFields = namedtuple("_EndpointFields", "url scheme host port path")
+    _CredentialFields = namedtuple("_CredentialFields", "cert key certdir")
 
 DEFAULT_PORT = 8443
 #: the largest reply read (the server's own request limit is 1 MiB too)
 MAX_REPLY = 1 << 20
-_SOAP_ACTION = (
-    '"http://www.globus.org/security/XACMLAuthorization/'
-    'XACMLAuthorizationPortType/AuthorizeRequest"'
-)
-_HEADERS = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": _SOAP_ACTION}
-#: a kept connection failing like this, before any reply byte, was closed by the server
-_STALE = (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
+_SHAPE = "expected https://HOST[:PORT][/PATH] or unix:/PATH"
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._")
+_IPV6_CHARS = frozenset("0123456789abcdef:.")
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(_EndpointFields):
     """A parsed endpoint URL. For ``unix`` endpoints `path` is the socket's path."""
 
-    url: str
-    scheme: str  # "https" or "unix"
-    host: str
-    port: int | None
-    path: str
+    __slots__ = ()
 
 
 def parse_endpoint(url: str) -> Endpoint:
-    """``https://HOST[:PORT][/PATH]`` (port 8443 by default) or ``unix:/PATH``.
+    """``https://HOST[:PORT][/PATH][?QUERY]`` (port 8443 by default) or ``unix:/PATH``.
 
-    Plain http is refused: the server only speaks mutual TLS on the network.
+    Plain http is refused: the server only speaks mutual TLS on the network. So are a user,
+    a password or a #fragment, and spaces, control or non-ASCII characters (percent- or
+    IDNA-encode them). HOST may be a name, an IPv4 address or a [bracketed] IPv6 address.
     """
     text = url.strip()
     if text.startswith("unix:"):
@@ -81,23 +93,48 @@ def parse_endpoint(url: str) -> Endpoint:
         if not path.startswith("/"):
             raise ClientConfigError(f"endpoint {url!r}: a unix endpoint is unix:/absolute/path")
         return Endpoint(text, "unix", "localhost", None, path)
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError as exc:
-        raise ClientConfigError(f"endpoint {url!r}: {exc}") from None
-    if parts.scheme != "https" or not parts.hostname:
-        raise ClientConfigError(
-            f"endpoint {url!r}: expected https://HOST[:PORT][/PATH] or unix:/PATH"
-        )
-    if parts.username or parts.password or parts.fragment:
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() != "https":
+        raise ClientConfigError(f"endpoint {url!r}: {_SHAPE}")
+    if not text.isascii() or not text.isprintable() or " " in text:
+        raise ClientConfigError(f"endpoint {url!r}: spaces, control or non-ASCII characters")
+    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0),
+              default=len(rest))  # fmt: skip
+    authority, target = rest[:cut], rest[cut:]
+    if "@" in authority or "#" in target:
         raise ClientConfigError(f"endpoint {url!r}: no user, password or #fragment allowed")
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Endpoint(text, "https", parts.hostname, port or DEFAULT_PORT, path)
+    host, port = _host_port(url, authority)
+    path, _, query = target.partition("?")
+    return Endpoint(text, "https", host, port, (path or "/") + (f"?{query}" if query else ""))
 
 
-@dataclass(frozen=True)
-class TlsCredentials:
+def _host_port(url: str, authority: str) -> tuple[str, int]:
+    """(lower-cased host without brackets, port) of ``HOST[:PORT]``."""
+    if authority.startswith("["):
+        host, bracket, after = authority[1:].partition("]")
+        host = host.lower()
+        if not bracket or ":" not in host or not _IPV6_CHARS.issuperset(host):
+            raise ClientConfigError(f"endpoint {url!r}: not a [bracketed] IPv6 address")
+        if after and not after.startswith(":"):
+            raise ClientConfigError(f"endpoint {url!r}: {_SHAPE}")
+        port = after[1:]
+    else:
+        host, _, port = authority.partition(":")
+        host = host.lower()
+        if not host:
+            raise ClientConfigError(f"endpoint {url!r}: {_SHAPE}")
+        if not _HOST_CHARS.issuperset(host):
+            raise ClientConfigError(f"endpoint {url!r}: {host!r} is not a host name")
+    if not port:
+        return host, DEFAULT_PORT
+    if not port.isdigit():
+        raise ClientConfigError(f"endpoint {url!r}: port {port!r} is not a number")
+    if not 0 < int(port) <= 65535:
+        raise ClientConfigError(f"endpoint {url!r}: port {int(port)} is out of range 1-65535")
+    return host, int(port)
+
+
+class TlsCredentials(_CredentialFields):
     """Who the client is on TLS and whom it trusts.
 
     `cert` is a PEM certificate followed by its chain; `key` its key, or None when the key
@@ -105,14 +142,11 @@ class TlsCredentials:
     directory the server's certificate must chain to.
     """
 
-    cert: str
-    key: str | None
-    certdir: str
+    __slots__ = ()
 
 
-_LOCK = threading.Lock()
+_LOCK = _thread.allocate_lock()  # threading's Lock, without importing threading
 _CONTEXTS: dict[TlsCredentials, tuple[tuple[object, ...], ssl.SSLContext]] = {}
-_PoolKey = tuple[str, TlsCredentials | None]
 _POOL: dict[_PoolKey, _Connection] = {}
 _SESSIONS: dict[_PoolKey, tuple[ssl.SSLContext, ssl.SSLSession]] = {}
 _PID = [os.getpid()]
@@ -143,6 +177,8 @@ def tls_context(creds: TlsCredentials) -> ssl.SSLContext:
         return cached[1]
     if not os.path.isdir(creds.certdir):
         raise ClientConfigError(f"CA directory {creds.certdir}: not a directory")
+    import ssl
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_verify_locations(capath=creds.certdir)
@@ -157,36 +193,20 @@ def tls_context(creds: TlsCredentials) -> ssl.SSLContext:
     return ctx
 
 
-class _DeadlineReader(io.RawIOBase):
-    """Reads from a `_TimedSocket`, each read getting only the time left before its end."""
-
-    def __init__(self, owner: _TimedSocket) -> None:
-        super().__init__()
-        self._owner = owner
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        return self._owner.recv_into(buffer)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._owner.reader_closed()
-        super().close()
+def _stale() -> tuple[type[BaseException], ...]:
+    """How a kept connection fails, before any reply byte, when the server has closed it."""
+    ssl = sys.modules.get("ssl")  # only an https exchange has loaded it
+    if ssl is None:
+        return (ConnectionError,)
+    return (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
 
 
 class _TimedSocket:
-    """The socket http.client sees: every send and read ends by `end` (time.monotonic).
-
-    Closing is deferred while a response still reads from it, as socket.makefile does.
-    """
+    """The connection's socket: every send and read ends by `end` (time.monotonic)."""
 
     def __init__(self, raw: socket.socket) -> None:
         self.raw = raw
-        self.end = math.inf
-        self._readers = 0
-        self._closing = False
+        self.end = float("inf")
 
     def _left(self) -> float:
         left = self.end - time.monotonic()
@@ -198,65 +218,55 @@ class _TimedSocket:
         self.raw.settimeout(self._left())
         self.raw.sendall(data)
 
-    def recv_into(self, buffer: WriteableBuffer) -> int:
+    def recv(self, size: int) -> bytes:
         self.raw.settimeout(self._left())
-        return self.raw.recv_into(buffer)
-
-    def makefile(self, mode: str = "rb") -> io.BufferedReader:
-        self._readers += 1
-        return io.BufferedReader(_DeadlineReader(self))
-
-    def reader_closed(self) -> None:
-        self._readers -= 1
-        if self._closing and self._readers <= 0:
-            self.raw.close()
+        return self.raw.recv(size)
 
     def close(self) -> None:
-        self._closing = True
-        if self._readers <= 0:
-            self.raw.close()
+        self.raw.close()
 
 
-class _Connection(http.client.HTTPConnection):
+class _Connection:
     """An HTTP/1.1 connection to one endpoint, over TLS or a Unix socket, opened on demand."""
 
     def __init__(self, endpoint: Endpoint, ctx: ssl.SSLContext | None) -> None:
-        super().__init__(endpoint.host, endpoint.port)
         self.endpoint = endpoint
         self.ctx = ctx
+        self.sock: _TimedSocket | None = None
+        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+        port = endpoint.port
+        self.host_header = host if port in (None, 443) else f"{host}:{port}"
 
     def open(self, timeout: float, session: ssl.SSLSession | None) -> None:
         """Connect (and finish the TLS handshake) within `timeout` seconds."""
         start = time.monotonic()
-        if self.endpoint.scheme == "unix":
+        endpoint = self.endpoint
+        if endpoint.scheme == "unix":
             raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 raw.settimeout(timeout)
-                raw.connect(self.endpoint.path)
+                raw.connect(endpoint.path)
             except BaseException:
                 raw.close()
                 raise
         else:
             assert self.ctx is not None
-            raw = socket.create_connection((self.host, self.port), timeout)
+            raw = socket.create_connection((endpoint.host, endpoint.port), timeout)
             try:
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
                 raw.settimeout(max(timeout - (time.monotonic() - start), 0.001))
                 # `session` comes from this same context (the caller checks): resumption
-                raw = self.ctx.wrap_socket(raw, server_hostname=self.host, session=session)
+                raw = self.ctx.wrap_socket(raw, server_hostname=endpoint.host, session=session)
             except BaseException:
                 raw.close()
                 raise
         self.sock = _TimedSocket(raw)
 
-    def connect(self) -> None:  # http.client's auto-open; we always open() first
-        self.open(self.timeout if isinstance(self.timeout, float | int) else 30.0, None)
-
-    @property
-    def timed(self) -> _TimedSocket | None:
-        sock: object = self.sock
-        return sock if isinstance(sock, _TimedSocket) else None
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
 
 
 def _checkout(key: _PoolKey, endpoint: Endpoint, ctx: ssl.SSLContext | None) -> _Connection:
@@ -319,15 +329,16 @@ def _classify(exc: BaseException, phase: str, limit: float) -> AttemptError:
         if phase == "connect":
             return AttemptError("timeout", f"no connection and TLS handshake within {limit:.2f} s")
         return AttemptError("timeout", f"no complete reply within {limit:.2f} s")
-    if isinstance(exc, ssl.SSLCertVerificationError):
+    ssl = sys.modules.get("ssl")  # only an https exchange has loaded it
+    if ssl is not None and isinstance(exc, ssl.SSLCertVerificationError):
         return AttemptError("tls", f"server certificate refused: {exc.verify_message}")
-    if isinstance(exc, _STALE):
+    if isinstance(exc, _stale()):
         where = "during the TLS handshake" if phase == "connect" else "before the reply"
         return AttemptError("closed", f"connection closed {where}: {exc}")
-    if isinstance(exc, ssl.SSLError):
+    if ssl is not None and isinstance(exc, ssl.SSLError):
         return AttemptError("tls", f"TLS failed: {exc.reason or exc}")
-    if isinstance(exc, http.client.HTTPException):
-        return AttemptError("garbage", f"not an HTTP reply: {type(exc).__name__} {exc}")
+    if isinstance(exc, http11.ReplyError):
+        return AttemptError("garbage", str(exc))
     if isinstance(exc, OSError):
         return AttemptError("network", exc.strerror or str(exc))
     return AttemptError("network", f"{type(exc).__name__}: {exc}")
@@ -350,7 +361,7 @@ def _round_trip(
             conn.open(limit, session[1] if session and session[0] is conn.ctx else None)
         except Exception as exc:
             raise _classify(exc, "connect", limit) from None
-    timed = conn.timed
+    timed = conn.sock
     assert timed is not None
     start = time.monotonic()
     timed.end = min(start + read_timeout, deadline_at)
@@ -359,29 +370,29 @@ def _round_trip(
         raise AttemptError("timeout", "no time left for the reply")
     try:
         return _reply(conn, key, body)
-    except (AttemptError, *_STALE):
-        raise  # a stale kept connection is the caller's to retry
+    except AttemptError:
+        raise
     except Exception as exc:
+        if isinstance(exc, _stale()):
+            raise  # a stale kept connection is the caller's to retry
         raise _classify(exc, "reply", limit) from None
 
 
 def _reply(conn: _Connection, key: _PoolKey, body: bytes) -> tuple[int, bytes]:
-    conn.request("POST", conn.endpoint.path, body=body, headers=_HEADERS)
-    resp = conn.getresponse()
-    if resp.length is not None and resp.length > MAX_REPLY:
-        raise AttemptError("garbage", f"reply of {resp.length} bytes is too large")
-    data = resp.read(MAX_REPLY + 1)
-    if len(data) > MAX_REPLY or not resp.isclosed():
-        raise AttemptError("garbage", f"reply larger than {MAX_REPLY} bytes")
-    timed = conn.timed
-    if timed is not None and isinstance(timed.raw, ssl.SSLSocket) and conn.ctx is not None:
-        session = timed.raw.session
+    timed = conn.sock
+    assert timed is not None
+    timed.sendall(http11.request(conn.endpoint.path, conn.host_header, body))
+    status, reason, data, close = http11.read_reply(timed.recv, MAX_REPLY)
+    if conn.ctx is not None:  # TLS: keep the session for the next handshake
+        session = getattr(timed.raw, "session", None)
         if session is not None:
             _SESSIONS[key] = (conn.ctx, session)
-    if resp.status != 200:
+    if close:  # "Connection: close", or a body that ended with the connection
+        conn.close()
+    if status != 200:
         snippet = data[:120].decode("utf-8", "replace")
-        raise AttemptError(f"http-{resp.status}", f"{resp.reason}: {snippet}".strip(": "))
-    return resp.status, data
+        raise AttemptError(f"http-{status}", f"{reason}: {snippet}".strip(": "))
+    return status, data
 
 
 def exchange(
@@ -411,7 +422,7 @@ def exchange(
         reused = conn.sock is not None
         try:
             result = _round_trip(conn, key, body, connect_timeout, read_timeout, deadline_at)
-        except _STALE as exc:
+        except _stale() as exc:
             if not reused:
                 raise _classify(exc, "reply", 0.0) from None
             conn.close()  # the server dropped the idle connection: once more, afresh
@@ -421,7 +432,7 @@ def exchange(
     except AttemptError as exc:
         keep = exc.outcome.startswith("http-")  # the reply was read whole: still usable
         raise
-    except _STALE as exc:
+    except _stale() as exc:
         raise _classify(exc, "reply", 0.0) from None
     finally:
         if keep and conn.sock is not None:

@@ -1,12 +1,16 @@
 """The SAML2-XACML2 (SCAS / authz-interop) wire protocol, shared by server and client.
 
-lxml only, cheap to import. The pieces live in:
+The server half is lxml; the client half is standard library only (glexec's start-up time,
+a deliberate exception to DESIGN §3; the round-trip tests tie the halves together). This
+module gathers both. The pieces live in:
   xacml_ids       namespaces, attribute and obligation ids, status codes
   xacml_errors    one exception per kind of refusal (each knows its XACML status code)
-  xacml_safe      hardened parsing (size, encoding, DTD, depth, count)
-  xacml_request   AuthzRequest, parse_request (server), build_request (client)
-  xacml_response  Decision, build_response / soap_fault / error_response (server),
-                  parse_response (client)
+  xacml_safe      hardened lxml parsing (size, encoding, DTD, depth, count): the server's
+  xacml_expat     the same bounds for the client's expat reader
+  xacml_request   AuthzRequest, parse_request (server, lxml)
+  xacml_text      build_request, new_id, utc_instant (client, text)
+  xacml_response  build_response / soap_fault / error_response (server, lxml)
+  xacml_decision  Decision, parse_response (client, expat)
   xacml_wsdl      wsdl(location): the WSDL 1.1 of the one Authorize operation, and
                   zeep_arguments / zeep_result_xml to use it from zeep
 

@@ -4,15 +4,17 @@ Each class carries the XACML status code it maps to (`status_code`), whether the
 SOAP Fault rather than an Indeterminate decision (`fault`), the SOAP 1.1 faultcode local name
 for a fault (`faultcode`: Client, or MustUnderstand; SOAP 1.2 spells Client as Sender), and a
 suggested HTTP status (`http_status`). The message is always one short line, safe to log and
-to send back.
+to send back. Standard library only (the client's reply reader imports it; see xacml_expat).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from client import xacml_ids as ids
 from safetext import one_line
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 #: the longest reason a refusal carries, on the wire and in the log
 REASON_LIMIT = 200

@@ -1,4 +1,6 @@
-"""The XACMLAuthzDecisionQuery: parse one (server side) and build one (client side).
+"""The XACMLAuthzDecisionQuery: parse one (server side, lxml); the client's builder
+(`build_request`, with `new_id` and `utc_instant`) is re-exported from :mod:`client.xacml_text`,
+which writes the same bytes as text with the standard library (glexec's start-up time).
 
 Everything is matched by namespace URI, never by prefix: the C library, OpenSAML and our own
 builder all use different prefixes. Both SOAP 1.1 and 1.2 envelopes and both generations of
@@ -18,10 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from lxml import etree
 
@@ -35,9 +34,14 @@ from client.xacml_errors import (
     XacmlError,
 )
 from client.xacml_safe import Limits, parse_xml
+from client.xacml_text import CATEGORIES, build_request, envelope_nsmap, new_id, utc_instant
 from safetext import one_line
 
-CATEGORIES = ("subject", "resource", "action", "environment")
+__all__ = [
+    "CATEGORIES", "AuthzRequest", "build_request", "envelope", "new_id", "parse_request",
+    "serialize", "utc_instant",
+]  # fmt: skip
+
 _SECTION = {
     f"{{{ids.NS_CONTEXT}}}Subject": "subject",
     f"{{{ids.NS_CONTEXT}}}Resource": "resource",
@@ -325,25 +329,12 @@ def _interpret(query: etree._Element, request_id: str, soap12: bool) -> AuthzReq
     )
 
 
-def utc_instant(now: datetime | None = None) -> str:
-    """xsd:dateTime in UTC with second resolution, as the C library writes it."""
-    moment = (now or datetime.now(UTC)).astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def new_id() -> str:
-    """A fresh xsd:ID (an NCName): the C library's IDs are not unique, ours are."""
-    return "ID-" + secrets.token_hex(16)
-
-
 def envelope(
     soap12: bool, query_ns: str = ids.NS_XACML_SAMLP_V2
 ) -> tuple[etree._Element, etree._Element]:
     """A SOAP Envelope and its Body, with every prefix we use declared once on the Envelope."""
-    soap_ns = ids.NS_SOAP12 if soap12 else ids.NS_SOAP11
-    nsmap = {"SOAP-ENV": soap_ns, **ids.NSMAP}
-    nsmap["XACMLsamlp"] = query_ns
-    nsmap["XACMLassertion"] = ids.QUERY_NAMESPACES.get(query_ns, ids.NS_XACML_SAML_V2)
+    nsmap = envelope_nsmap(soap12, query_ns)
+    soap_ns = nsmap["SOAP-ENV"]
     env = etree.Element(f"{{{soap_ns}}}Envelope", nsmap=nsmap)
     return env, etree.SubElement(env, f"{{{soap_ns}}}Body")
 
@@ -353,113 +344,3 @@ def serialize(env: etree._Element) -> bytes:
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + etree.tostring(
         env, encoding="UTF-8", xml_declaration=False
     )
-
-
-def _add(
-    section: etree._Element, attribute_id: str, value: str, data_type: str = ids.DT_STRING
-) -> None:
-    if any(ord(ch) < 0x20 and ch not in "\n\r\t" for ch in value):
-        raise ValueError(f"control character in value of {attribute_id}")
-    attribute = etree.SubElement(
-        section, _ATTRIBUTE, AttributeId=attribute_id, DataType=data_type
-    )
-    etree.SubElement(attribute, _VALUE).text = value
-
-
-def build_request(
-    *,
-    subject_dn: str | None,
-    cert_chain: bytes | str | None = None,
-    fqans: Sequence[str] = (),
-    vo: str | None = None,
-    resource: str = "wn",
-    action: str = "execute-now",
-    host: str | None = None,
-    pep_dn: str | None = None,
-    oblig_supported: Sequence[str] = ids.MAPPING_OBLIGATIONS,
-    subject_issuer: str | None = None,
-    pilot_dn: str | None = None,
-    issuer: str | None = None,
-    request_id: str | None = None,
-    now: datetime | None = None,
-    return_context: bool = True,
-    extra_attributes: Sequence[tuple[str, str, str]] = (),
-    soap12: bool = False,
-    query_ns: str = ids.NS_XACML_SAMLP_V2,
-    caller_uid: int | None = None,
-) -> bytes:
-    """A SOAP body asking for a decision, shaped like the C client's (see the golden vector).
-
-    `resource`/`action` are a short type ("wn", "execute-now") or a full URI. The first FQAN
-    is sent as voms-primary-fqan and every FQAN (the primary too) as voms-fqan; `vo` defaults
-    to the first FQAN's group. `issuer` (saml:Issuer) defaults to `pep_dn`.
-    `caller_uid` (glexec: its own real uid) is sent as the x-scas-stack caller-uid
-    environment attribute (xs:integer); SCAS binds it into a glexec ticket.
-    `extra_attributes` are (category, AttributeId, value) strings appended to their section.
-    """
-    if query_ns not in ids.QUERY_NAMESPACES:
-        raise ValueError(f"unknown query namespace {query_ns}")
-    if caller_uid is not None and (
-        isinstance(caller_uid, bool) or not isinstance(caller_uid, int)
-        or not 0 <= caller_uid <= ids.MAX_UID
-    ):  # fmt: skip
-        raise ValueError(f"caller_uid must be an integer uid in 0..{ids.MAX_UID}")
-    instant = utc_instant(now)
-    env, body = envelope(soap12, query_ns)
-    query = etree.SubElement(
-        body,
-        f"{{{query_ns}}}XACMLAuthzDecisionQuery",
-        ID=request_id or new_id(),
-        Version="2.0",
-        IssueInstant=instant,
-    )
-    if return_context:
-        query.set("ReturnContext", "true")
-    if issuer or pep_dn:
-        etree.SubElement(query, _ISSUER, Format=ids.NAMEID_X509).text = issuer or pep_dn
-    request = etree.SubElement(query, _REQUEST)
-    sections = {
-        name: etree.SubElement(request, f"{{{ids.NS_CONTEXT}}}{name.capitalize()}")
-        for name in CATEGORIES
-    }
-    subject = sections["subject"]
-    if subject_dn:
-        _add(subject, ids.ATTR_SUBJECT_DN, subject_dn)
-    if subject_issuer:
-        _add(subject, ids.ATTR_SUBJECT_ISSUER, subject_issuer)
-    if vo is None and fqans:
-        vo = fqans[0].strip("/").split("/")[0] or None
-    if vo:
-        _add(subject, ids.ATTR_VO, vo)
-    if fqans:
-        _add(subject, ids.ATTR_PRIMARY_FQAN, fqans[0])
-    for fqan in fqans:
-        _add(subject, ids.ATTR_FQAN, fqan)
-    if cert_chain:
-        chain = cert_chain.decode("ascii") if isinstance(cert_chain, bytes) else cert_chain
-        _add(subject, ids.ATTR_CERT_CHAIN, chain, ids.DT_BASE64)
-    _add(sections["resource"], ids.ATTR_RESOURCE_ID, _uri(resource, ids.RESOURCE_TYPE_PREFIX))
-    if host:
-        _add(sections["resource"], ids.ATTR_HOST, host)
-    if pep_dn:
-        _add(sections["resource"], ids.ATTR_RESOURCE_DN, pep_dn)
-    _add(sections["action"], ids.ATTR_ACTION_ID, _uri(action, ids.ACTION_TYPE_PREFIX))
-    environment = sections["environment"]
-    if pilot_dn:
-        _add(environment, ids.ATTR_PILOT_DN, pilot_dn)
-    if caller_uid is not None:
-        _add(environment, ids.ATTR_CALLER_UID, str(caller_uid), ids.DT_INTEGER)
-    for category, attribute_id, value in extra_attributes:
-        if category not in sections:
-            raise ValueError(f"unknown attribute category {category!r}")
-        _add(sections[category], attribute_id, value)
-    _add(environment, ids.ATTR_CURRENT_DATETIME, instant, ids.DT_DATETIME)
-    for obligation in dict.fromkeys(oblig_supported):
-        _add(environment, ids.ATTR_OBLIG_SUPPORTED, obligation)
-    if not len(subject):
-        raise ValueError("a request needs subject_dn or cert_chain")
-    return serialize(env)
-
-
-def _uri(value: str, prefix: str) -> str:
-    return value if ":" in value else prefix + value

@@ -1,4 +1,6 @@
-"""The SAML2-XACML2 answer: build one (server side) and read one (client side).
+"""The SAML2-XACML2 answer: build one (server side, lxml); `Decision` and the reader are
+re-exported from :mod:`client.xacml_decision`, the standard-library client half (glexec's
+start-up time: see that module).
 
 What we emit follows the strictest reading of the real C client (reference notes §1.8):
 one samlp:Response with InResponseTo, one Assertion holding one saml:Statement that carries
@@ -10,72 +12,22 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 from lxml import etree
 
 from client import xacml_ids as ids
-from client.xacml_errors import (
-    MalformedResponse,
-    ResponseMismatch,
-    SoapFaultReceived,
-    XacmlError,
-    status_text,
-)
+from client.xacml_decision import Decision, parse_response
+from client.xacml_errors import XacmlError, status_text
 from client.xacml_request import AuthzRequest, envelope, new_id, serialize, utc_instant
-from client.xacml_safe import Limits, parse_xml
+
+__all__ = ["Decision", "build_response", "error_response", "parse_response", "soap_fault"]
 
 _C = f"{{{ids.NS_CONTEXT}}}"
 _P = f"{{{ids.NS_POLICY}}}"
 _SAML = f"{{{ids.NS_SAML}}}"
 _SAMLP = f"{{{ids.NS_SAMLP}}}"
 _XSI_TYPE = f"{{{ids.NS_XSI}}}type"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """A decision with its mapping, as the server answers it and the client reads it.
-
-    `obligations` (client side) lists the obligation ids the response carried.
-    """
-
-    decision: str
-    status_code: str = ids.STATUS_OK
-    status_message: str | None = None
-    uid: int | None = None
-    gid: int | None = None
-    sgids: tuple[int, ...] = ()
-    username: str | None = None
-    ticket: str | None = None
-    in_response_to: str | None = None
-    obligations: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.decision not in ids.DECISIONS:
-            raise ValueError(f"unknown decision {self.decision!r}")
-
-    @classmethod
-    def permit(
-        cls,
-        *,
-        uid: int | None = None,
-        gid: int | None = None,
-        sgids: Sequence[int] = (),
-        username: str | None = None,
-        ticket: str | None = None,
-    ) -> Decision:
-        return cls(
-            ids.PERMIT, uid=uid, gid=gid, sgids=tuple(sgids), username=username, ticket=ticket
-        )
-
-    @classmethod
-    def deny(cls, message: str | None = None) -> Decision:
-        return cls(ids.DENY, status_message=message)
-
-    @classmethod
-    def indeterminate(cls, status_code: str, message: str) -> Decision:
-        return cls(ids.INDETERMINATE, status_code=status_code, status_message=message)
 
 
 def _assign(obligation: etree._Element, attribute_id: str, data_type: str, text: str) -> None:
@@ -208,94 +160,4 @@ def error_response(error: XacmlError, *, issuer: str, now: datetime | None = Non
         now=now,
         in_response_to=error.request_id,
         soap12=error.soap12,
-    )
-
-
-# --- client side --------------------------------------------------------------------------
-
-
-def _int(text: str | None, what: str) -> int:
-    value = (text or "").strip()
-    if not value.isdigit() or len(value) > 10:
-        raise MalformedResponse(f"{what} {value!r} is not a decimal id")
-    return int(value)
-
-
-def _statement_results(root: etree._Element) -> tuple[etree._Element, list[etree._Element]]:
-    body = next((c for c in root if etree.QName(c).localname == "Body"), None)
-    if etree.QName(root).namespace not in ids.SOAP_ENVELOPES or body is None:
-        raise MalformedResponse("reply is not a SOAP envelope with a Body")
-    fault = next((c for c in body if etree.QName(c).localname == "Fault"), None)
-    if fault is not None:
-        text = " ".join(str(t).strip() for t in fault.itertext() if str(t).strip())
-        raise SoapFaultReceived(f"service answered with a SOAP Fault: {text}")
-    response = body.find(_SAMLP + "Response")
-    if response is None:
-        raise MalformedResponse("SOAP Body holds no samlp:Response")
-    statements = [
-        el
-        for el in response.iterfind(f"{_SAML}Assertion/*")
-        if el.tag == _SAML + "Statement"
-        or (
-            etree.QName(el).localname == "XACMLAuthzDecisionStatement"
-            and etree.QName(el).namespace in ids.STATEMENT_NAMESPACES
-        )
-    ]
-    if len(statements) != 1:
-        raise MalformedResponse(f"expected one decision statement, found {len(statements)}")
-    results = statements[0].findall(f"{_C}Response/{_C}Result")
-    if len(results) != 1:
-        raise MalformedResponse(f"expected one xacml-context:Result, found {len(results)}")
-    return response, results
-
-
-def parse_response(
-    body: bytes, *, expect_in_response_to: str | None = None, max_bytes: int = 1 << 20
-) -> Decision:
-    """Read the service's reply into a Decision (the client half of `build_response`).
-
-    Raises SoapFaultReceived for a fault, ResponseMismatch when InResponseTo is not
-    `expect_in_response_to`, MalformedResponse for anything else unusable.
-    """
-    root = parse_xml(body, Limits(max_bytes=max_bytes))
-    response, results = _statement_results(root)
-    reply_to = response.get("InResponseTo")
-    if expect_in_response_to is not None and reply_to != expect_in_response_to:
-        raise ResponseMismatch(f"reply is for {reply_to!r}, not {expect_in_response_to!r}")
-    result = results[0]
-    decision = (result.findtext(_C + "Decision") or "").strip()
-    if decision not in ids.DECISIONS:
-        raise MalformedResponse(f"unknown decision {decision!r}")
-    code_el = result.find(f"{_C}Status/{_C}StatusCode")
-    status_code = (code_el.get("Value") or "").strip() if code_el is not None else ids.STATUS_OK
-    message = result.findtext(f"{_C}Status/{_C}StatusMessage")
-    fields: dict[str, object] = {}
-    seen: list[str] = []
-    sgids: list[int] = []
-    for obligation in result.iterfind(f"{_P}Obligations/{_P}Obligation"):
-        obligation_id = (obligation.get("ObligationId") or "").strip()
-        if (obligation.get("FulfillOn") or ids.PERMIT).strip() != decision:
-            continue
-        seen.append(obligation_id)
-        for assignment in obligation.iterfind(_P + "AttributeAssignment"):
-            attribute_id = (assignment.get("AttributeId") or "").strip()
-            text = "".join(str(t) for t in assignment.itertext()).strip()
-            if obligation_id == ids.OBLIG_UIDGID and attribute_id == ids.ATTR_POSIX_UID:
-                fields["uid"] = _int(text, "posix-uid")
-            elif obligation_id == ids.OBLIG_UIDGID and attribute_id == ids.ATTR_POSIX_GID:
-                fields["gid"] = _int(text, "posix-gid")
-            elif obligation_id == ids.OBLIG_SECONDARY_GIDS and attribute_id == ids.ATTR_POSIX_GID:
-                sgids.append(_int(text, "secondary posix-gid"))
-            elif obligation_id == ids.OBLIG_USERNAME and attribute_id == ids.ATTR_USERNAME:
-                fields["username"] = text
-            elif obligation_id == ids.OBLIG_TICKET and attribute_id == ids.ATTR_TICKET:
-                fields["ticket"] = text
-    return Decision(
-        decision,
-        status_code=status_code,
-        status_message=status_text(message) if message and message.strip() else None,
-        sgids=tuple(sgids),
-        in_response_to=reply_to,
-        obligations=tuple(seen),
-        **fields,  # type: ignore[arg-type]
     )

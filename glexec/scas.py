@@ -17,7 +17,9 @@ The query (client.query.build_query): resource ``wn``, action ``execute-now``, t
 proxy's certificates as ``cert-chain`` (its key is never sent), ``caller_uid`` = the real uid,
 ``dns-host-name`` = ``gethostname()`` lower-cased (the name the helper compares the ticket's
 host with), and the ticket obligation advertised in ``pep-oblig-supported``. The client
-library (ssl, http.client, lxml) is imported here, on first use, never for ``glexec -h``.
+library is imported here, on first use, never for ``glexec -h``; one query loads socket (and
+ssl for an https endpoint) and the standard-library codec, never lxml, http.client,
+dataclasses or typing (tests/test_client_lean.py): start-up time is glexec's to keep small.
 """
 
 from __future__ import annotations
