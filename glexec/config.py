@@ -145,7 +145,7 @@ def _envnames(v: str) -> tuple[str, ...]:
 
 
 def _ticket_key(v: str) -> str:
-    import base64
+    import binascii
     import hashlib
 
     shape = "must be ed25519:<16 hex key id>:<base64 key> (from scas-admin keygen)"
@@ -155,10 +155,10 @@ def _ticket_key(v: str) -> str:
     if any(c not in "0123456789abcdef" for c in parts[1]):
         raise _Bad(shape)
     try:
-        raw = base64.b64decode(parts[2], validate=True)
+        raw = binascii.a2b_base64(parts[2], strict_mode=True)
     except ValueError:
         raw = b""
-    if len(raw) != 32 or base64.b64encode(raw).decode() != parts[2]:
+    if len(raw) != 32 or binascii.b2a_base64(raw, newline=False).decode() != parts[2]:
         raise _Bad("the key is not 32 bytes of base64")
     key_id = hashlib.sha256(raw).hexdigest()[:16]
     if key_id != parts[1]:

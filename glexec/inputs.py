@@ -15,7 +15,6 @@ one CN (RFC 3820 and legacy proxies alike), and a validity window that includes 
 
 from __future__ import annotations
 
-import base64
 import binascii
 import errno
 import os
@@ -130,7 +129,7 @@ def _blocks(pem: bytes) -> tuple[list[bytes], list[bytes]]:
             if not end:
                 raise ValueError("a certificate block has no END line")
             try:
-                certs.append(base64.b64decode(b"".join(body.split()), validate=True))
+                certs.append(binascii.a2b_base64(b"".join(body.split()), strict_mode=True))
             except binascii.Error:
                 raise ValueError("a certificate block is not base64") from None
         elif label.endswith(b"PRIVATE KEY"):

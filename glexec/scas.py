@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 
 from glexec.config import Config
 from glexec.inputs import Proxy
@@ -67,9 +68,18 @@ def _pilot_credential(cfg: Config, environ: dict[str, str] | os._Environ[str]) -
     except OSError as exc:
         raise GlexecError(CALLER, "input", f"X509_USER_PROXY {pilot}: {exc.strerror}") from None
     cas, origin = certdir(cfg, environ)
-    if not os.path.isdir(cas):
-        code = CALLER if origin == "X509_CERT_DIR" else SYSTEM
+    code = CALLER if origin == "X509_CERT_DIR" else SYSTEM
+    try:
+        st = os.stat(cas)
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISDIR(st.st_mode):
         raise GlexecError(code, "scas", f"CA directory {cas} ({origin}): not a directory")
+    if st.st_mode & 0o022:
+        # anyone could add a CA there and answer as SCAS (tickets stay unforgeable, but a
+        # Deny or a lost lease could be faked): the original refused it too
+        raise GlexecError(code, "scas", f"CA directory {cas} ({origin}): group- or "
+                          f"world-writable (mode {stat.S_IMODE(st.st_mode):04o})")
     from client.failures import ClientConfigError
     from client.transport import TlsCredentials, tls_context
 

@@ -36,7 +36,7 @@ IMPORTS = {
     "import client": "import client",
     "import client.failover": "import client.failover",
     "+ transport, query, protocol": (
-        "import client.failover, client.transport, client.query, client.xacml_response"
+        "import client.failover, client.transport, client.query, client.xacml_decision"
     ),
 }
 

@@ -162,6 +162,25 @@ def test_regtests_helper_binary_group_or_world_writable(e2e: E2E) -> None:
     assert res.stdout == ""
 
 
+def test_regtests_world_writable_ca_dir(e2e: E2E) -> None:
+    """Original: a world-writable CA directory is refused. Here it is glexec's trust for SCAS's
+    certificate: from X509_CERT_DIR it is the caller's mistake (201), from glexec.conf 202."""
+    cas = e2e.base / "ca-open"
+    shutil.copytree(e2e.site.pki.certdir, cas)
+    os.chmod(cas, 0o777)
+    no_certdir = e2e.write_conf(e2e.base / "front-env-ca.conf", certdir=None)
+    env = e2e.env(conf=no_certdir)
+    env["X509_CERT_DIR"] = str(cas)
+    res = e2e.run(["/usr/bin/id"], env)
+    assert res.returncode == 201, (res.returncode, res.stderr)
+    assert "world-writable (mode 0777)" in res.stderr and res.stdout == ""
+    conf = e2e.write_conf(e2e.base / "front-ca.conf", certdir=str(cas))
+    res = e2e.run(["/usr/bin/id"], e2e.env(conf=conf))
+    assert res.returncode == 202, (res.returncode, res.stderr)
+    os.chmod(cas, 0o755)
+    assert e2e.run(["/usr/bin/id"], e2e.env(conf=conf)).returncode == 0
+
+
 def test_regtests_no_rpath_in_the_helper(e2e: E2E) -> None:
     """Original: no condor RPATH. Here: no RPATH/RUNPATH at all, and libcrypto and libc only."""
     if not shutil.which("readelf"):
