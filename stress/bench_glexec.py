@@ -4,7 +4,8 @@ when sudo is not installed) and the C LCMAPS one-shot oracle (``lcmaps_oracle --
 with a one-line localaccount lcmaps.db), N times each.
 
 Needs root (accounts, a setuid-root helper): the setup is tests/test_glexec_e2e.py's
-`e2e_site`. Prints median and p99 wall time per tool, the ratios glexec/oracle and
+`e2e_site`. Prints median and p99 wall time per tool (glexec against the central SCAS over
+mutual TLS, and against a node-local SCAS on a Unix socket), the ratios glexec/oracle and
 glexec/sudo, and the goals: median <= 2.5x the C one-shot, p99 <= 150 ms.
 
     sudo .venv/bin/python stress/bench_glexec.py [-n 200]
@@ -77,7 +78,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=200, help="runs per tool (default 200)")
     args = ap.parse_args()
-    with e2e_site(unix=False) as made:
+    with e2e_site(unix=True) as made:
         if isinstance(made, str):
             print(f"cannot set up: {made}", file=sys.stderr)
             return 2
@@ -91,6 +92,16 @@ def main() -> int:
 
         def glexec() -> int:
             return subprocess.run(**kw, stdout=subprocess.DEVNULL).returncode
+
+        # the node-local mode: SCAS on a Unix socket on the worker node, no TLS
+        unix_conf = e2e.write_conf(e2e.base / "front-unix.conf", scas_endpoints=None,
+                                   scas_socket=str(e2e.unix_sock))  # fmt: skip
+        unix_env = e2e.env(conf=unix_conf)
+        del unix_env["X509_USER_PROXY"]
+        unix_kw = e2e.popen_args(["/bin/true"], unix_env)
+
+        def glexec_unix() -> int:
+            return subprocess.run(**unix_kw, stdout=subprocess.DEVNULL).returncode
 
         if shutil.which("sudo"):
             switch, switch_cmd = "sudo", ["sudo", "-n", "-u", POOL1, "/bin/true"]
@@ -108,6 +119,7 @@ def main() -> int:
 
         results: dict[str, list[float]] = {}
         results["glexec"] = timed(args.n, glexec)
+        results["glexec-unix"] = timed(args.n, glexec_unix)
         results[switch] = timed(args.n, sudo)
         if oracle_cmd:
             results["oracle"] = timed(args.n, oracle)
@@ -119,11 +131,13 @@ def main() -> int:
     med = {k: statistics.median(v) * 1000 for k, v in results.items()}
     tail = {k: p99(v) * 1000 for k, v in results.items()}
     for name in results:
-        print(f"  {name:8s} median {med[name]:8.2f}   p99 {tail[name]:8.2f}")
+        print(f"  {name:11s} median {med[name]:8.2f}   p99 {tail[name]:8.2f}")
     if "oracle" in med:
         ratio = med["glexec"] / med["oracle"]
         ok = "met" if ratio <= GOAL_MEDIAN_X else "missed"
         print(f"  glexec/oracle (median) {ratio:6.2f}x   goal <= {GOAL_MEDIAN_X}x: {ok}")
+        print(f"  glexec-unix/oracle (median) {med['glexec-unix'] / med['oracle']:6.2f}x "
+              "(node-local SCAS on a Unix socket: no TLS)")
     print(f"  glexec/{switch} (median) {med['glexec'] / med[switch]:6.2f}x")
     ok = "met" if tail["glexec"] <= GOAL_P99_MS else "missed"
     print(f"  glexec p99 {tail['glexec']:.1f} ms   goal <= {GOAL_P99_MS:.0f} ms: {ok}")

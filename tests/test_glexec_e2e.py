@@ -114,7 +114,12 @@ def _python_copy(base: Path) -> Path:
         f"{REPO}\n{site_pkgs}\n"
     )
     subprocess.run(["chmod", "-R", "a+rX,go-w", str(py), str(venv)], check=True)
-    # byte-compile the copy as root once, so the pilot's runs do not recompile the stdlib
+    # byte-compile as root once, as an install does, so the pilot's runs (which cannot write
+    # __pycache__) do not compile from source every time; compileall writes even under
+    # PYTHONDONTWRITEBYTECODE, which the import below would obey
+    subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(REPO / "glexec"),
+                    str(REPO / "client"), str(REPO / "safetext.py")],
+                   check=True, capture_output=True)  # fmt: skip
     subprocess.run([str(venv / "bin" / "python"), "-c", "import glexec.cli, glexec.scas, "
                     "glexec.handover, glexec.inputs, client.failover, client.query"],
                    check=True, capture_output=True)  # fmt: skip
