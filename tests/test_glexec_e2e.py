@@ -80,7 +80,7 @@ def _own(path: Path, uid: int, gid: int, mode: int) -> None:
     os.chmod(path, mode)
 
 
-def _python_copy(base: Path) -> Path:
+def python_copy(base: Path) -> Path:
     """An interpreter the pilot can run: the venv's base Python (under /root, 0700) copied into
     `base`, a venv made from it whose sys.path holds the repository and the project venv's
     site-packages. Returns that venv's python."""
@@ -236,7 +236,7 @@ def _build(base: Path, ids: dict[str, int], servers: list[Server], *, unix: bool
     from glexec.scas import host_name  # what the front sends as dns-host-name
     from scas_server import ticket as tickets
 
-    python = _python_copy(base)
+    python = python_copy(base)
     (base / "nonces").mkdir(mode=0o700)
     (base / "bin").mkdir(mode=0o755)
     helper_conf = base / "glexec.conf"

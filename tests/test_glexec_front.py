@@ -696,8 +696,8 @@ def test_live_permit_with_ticket_execs_the_helper(central: Central, tmp_path: Pa
     assert out.returncode == 7, out.stderr  # the helper's status is glexec's
     rec = json.loads(record_path.read_text())
     argv = rec["argv"]
-    tfd, pfd, sfd, wfd = (int(argv[argv.index(o) + 1]) for o in
-                          ("--ticket-fd", "--proxy-fd", "--status-fd", "--workdir-fd"))  # fmt: skip
+    options = ("--ticket-fd", "--proxy-fd", "--status-fd", "--workdir-fd")
+    tfd, pfd, sfd, wfd = (int(argv[argv.index(o) + 1]) for o in options)
     assert argv[1:] == [
         "--ticket-fd", str(tfd), "--proxy-fd", str(pfd), "--status-fd", str(sfd),
         "--target-proxy", target, "--workdir-fd", str(wfd), "--workdir-name", "job-7",

@@ -39,6 +39,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         {"credentials", "leases", "sitefiles", "lcas", "lcmaps", "client", "scas_server",
          "safetext"}
     ),
+    "wms": frozenset({"client", "credentials", "safetext"}),
+    "pilot": frozenset({"credentials", "safetext"}),
     "testkit": frozenset({"credentials", "client", "safetext"}),
 }
 OURS = frozenset(ALLOWED) | {"stress", "tests"}
@@ -221,7 +223,7 @@ def test_installed_entry_points_match_pyproject() -> None:
 
 DOCUMENTED = [
     "credentials", "leases", "sitefiles", "lcas", "lcas.plugins", "lcmaps", "lcmaps.plugins",
-    "client", "scas_server", "glexec", "site_admin", "testkit",
+    "client", "scas_server", "glexec", "site_admin", "wms", "pilot", "testkit",
 ]  # fmt: skip
 
 
