@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -57,9 +57,21 @@ NO_MODULES = "no authorization modules were called (check the lcas db file)"
 log = logging.getLogger("lcas")
 
 
+#: The built-in plugins, exactly as pyproject.toml declares them as entry points (a test keeps
+#: the two equal): found without scanning installed distributions.
+BUILTIN_PLUGINS: Mapping[str, str] = {
+    "userban": "lcas.plugins.userban:UserBan",
+    "userallow": "lcas.plugins.userallow:UserAllow",
+    "timeslots": "lcas.plugins.timeslots:TimeSlots",
+    "voms": "lcas.plugins.voms:VomsAuth",
+    "plugin_example": "lcas.plugins.example:AlwaysAllow",
+}
+
+
 def plugin_class(name: str) -> type[Plugin] | None:
-    """The class behind entry point ``name``, or None (missing or not importable)."""
-    return load_plugin_class(ENTRY_POINT_GROUP, name)
+    """The class behind plugin ``name`` (built in, else an entry point), or None (missing or
+    not importable)."""
+    return load_plugin_class(ENTRY_POINT_GROUP, name, BUILTIN_PLUGINS)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ line, or one JSON object with ``--json``). With ``--pem`` the proxy is
 verified first (chain against ``--certdir``, VOMS ACs against ``--vomsdir``;
 defaults ``$X509_CERT_DIR`` / ``$X509_VOMS_DIR``, else /etc/grid-security/...);
 a credential that fails verification is a deny. ``--now`` fixes the clock
-(timeslots, certificate lifetimes) for testing.
+(timeslots, certificate lifetimes) for testing. As C, the proxy's private key is never read
+(deciding needs only the certificates; loading a key costs tens of milliseconds).
 
 Exit codes:
 
@@ -28,12 +29,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from lcas.plugin_api import LcasUnavailable, Verdict
 from safetext import one_line
+
+if TYPE_CHECKING:
+    from credentials.credential import Credential
+
+#: a private key block of any kind (``RSA PRIVATE KEY``, ``PRIVATE KEY``, ``EC ...``)
+_KEY_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----",
+                        re.DOTALL)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,7 +82,37 @@ def _error(message: str, as_json: bool) -> int:
     return 2
 
 
+def load_certificates(path: str) -> Credential:
+    """The proxy file's certificate chain, its private key left unread (until credentials
+    offers that itself: lcas may not import lcmaps, whose ``lcmaps-run`` does the same).
+
+    Raises :class:`~credentials.errors.CredentialError` as ``load_proxy_file`` does."""
+    from credentials.credential import MAX_PEM_BYTES, load_pem
+    from credentials.errors import MalformedCredential
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_PEM_BYTES + 1)
+    except OSError as exc:
+        raise MalformedCredential(f"{path}: cannot read ({exc.strerror})") from None
+    return load_pem(_KEY_BLOCK.sub(b"", data), source=path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; the exit code.
+
+    From the command line (``argv`` None) the process ends here, with ``os._exit`` after
+    flushing: a one-shot has nothing left to clean up, and the interpreter's teardown (freeing
+    every object of every imported module) would add tens of milliseconds to each run."""
+    code = _run(argv)
+    if argv is None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.fqan and args.pem:
         return _error("--fqan goes with --dn; with --pem the FQANs come from the proxy",
@@ -95,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         credential = None
         dn, fqans = args.dn, tuple(args.fqan)
         if args.pem:
-            from credentials.credential import TrustStore, load_proxy_file, verify_credential
+            from credentials.credential import TrustStore, verify_credential
             from credentials.errors import CredentialError
 
             certdir = args.certdir or os.environ.get(
@@ -103,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             vomsdir = args.vomsdir or os.environ.get(
                 "X509_VOMS_DIR", "/etc/grid-security/vomsdir")
             try:
-                credential = load_proxy_file(args.pem)
+                credential = load_certificates(args.pem)
             except CredentialError as exc:
                 return _error(f"cannot read credential: {exc.reason}", args.json)
             dn = credential.identity

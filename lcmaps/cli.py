@@ -9,7 +9,13 @@ mapping: a lease store unusable, an LDAP server down, a plugin crash).
 
 As in C, ``--pem`` does not verify the certificate chain here (that is the
 verify_proxy plugin's job, and it uses ``--certdir``), but the VOMS ACs are
-verified before any plugin runs and a bad one denies the request.
+verified before any plugin runs and a bad one denies the request. Like C, it
+never reads the proxy's private key: mapping needs only the certificates, and
+loading an RSA key (with its consistency checks) costs tens of milliseconds.
+
+Start-up time is a feature of a one-shot command: only the modules a run needs
+are imported (the plugins lcmaps.db names, the credential code only with
+``--pem``), and plugins are found without scanning installed distributions.
 """
 
 from __future__ import annotations
@@ -17,13 +23,38 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from credentials.credential import Credential
+
+#: a private key block of any kind (``RSA PRIVATE KEY``, ``PRIVATE KEY``, ``EC ...``)
+_KEY_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----",
+                        re.DOTALL)
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, sized without importing shutil (and with it bz2, lzma, zlib:
+    4 ms of a one-shot's start-up), since argparse builds one for every add_argument."""
+
+    def __init__(self, prog: str) -> None:
+        try:
+            width = int(os.environ["COLUMNS"])
+        except (KeyError, ValueError):
+            try:
+                width = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+            except (AttributeError, ValueError, OSError):
+                width = 80
+        super().__init__(prog, width=max(width, 20) - 2)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lcmaps-run", description="Run LCMAPS on one credential.")
+    p = argparse.ArgumentParser(prog="lcmaps-run", description="Run LCMAPS on one credential.",
+                                formatter_class=_Formatter)
     p.add_argument("--db", required=True, help="lcmaps.db to use")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pem", help="proxy or certificate chain file")
@@ -57,7 +88,37 @@ def _error(reason: str) -> int:
     return 2
 
 
+def load_certificates(path: str) -> Credential:
+    """The proxy file's certificate chain, its private key left unread (C never reads it;
+    lcas-run does the same until credentials offers it).
+
+    Raises :class:`~credentials.errors.CredentialError` as ``load_proxy_file`` does."""
+    from credentials.credential import MAX_PEM_BYTES, load_pem
+    from credentials.errors import MalformedCredential
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_PEM_BYTES + 1)
+    except OSError as exc:
+        raise MalformedCredential(f"{path}: cannot read ({exc.strerror})") from None
+    return load_pem(_KEY_BLOCK.sub(b"", data), source=path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; the exit code.
+
+    From the command line (``argv`` None) the process ends here, with ``os._exit`` after
+    flushing: a one-shot has nothing left to clean up, and the interpreter's teardown (freeing
+    every object of every imported module) would add tens of milliseconds to each run."""
+    code = _run(argv)
+    if argv is None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.fqan and args.pem:
         print("lcmaps-run: --fqan goes with --dn, not --pem", file=sys.stderr)
@@ -93,7 +154,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     now = datetime.now(UTC)
     if args.pem:
         from credentials import voms
-        from credentials.credential import load_proxy_file
         from credentials.errors import CredentialError
 
         certdir = args.certdir or os.environ.get("LCMAPS_X509_CERT_DIR") or os.environ.get(
@@ -101,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         vomsdir = args.vomsdir or os.environ.get("LCMAPS_X509_VOMS_DIR") or os.environ.get(
             "X509_VOMS_DIR", "/etc/grid-security/vomsdir")
         try:
-            credential = load_proxy_file(args.pem)
+            credential = load_certificates(args.pem)
         except CredentialError as exc:
             return _error(f"cannot read credential: {exc.reason}")
         dn = credential.identity
@@ -140,11 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "poolindex": result.poolindex, "reason": result.reason,
     }
     if requested is not None:  # the oracle echoes the account it was asked to verify
-        import pwd
+        from lcmaps.accounts import UnknownAccount, account_by_uid
 
         try:
-            uname: str | None = pwd.getpwuid(requested.uid or 0).pw_name
-        except KeyError:
+            uname: str | None = account_by_uid(requested.uid or 0).name
+        except UnknownAccount:
             uname = None
         out.update(uid=requested.uid, username=uname, pgids=list(requested.pgids),
                    sgids=list(requested.sgids), poolindex=requested.poolindex)

@@ -22,12 +22,12 @@ Semantics copied from ``pdl_main.c`` / ``evaluationmanager.c``:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from lcmaps import accounts
 from lcmaps.plugin_api import (
     STORE_FACTORY,
     CredentialData,
@@ -42,7 +42,7 @@ from lcmaps.plugin_api import (
 from lcmaps.policy_db import Policy, PolicyDb, PolicyDbError, Rule, module_name
 from leases.store import GridmapDirError
 from safetext import one_line
-from sitefiles.plugins import load_plugin_class
+from sitefiles.plugins import LazyLogger, load_plugin_class
 
 if TYPE_CHECKING:
     from credentials.credential import Credential
@@ -51,14 +51,36 @@ if TYPE_CHECKING:
 #: ``observer(policy, module, ok, ctx)``: told of every plugin run, in order
 Observer = Callable[[str, str, bool, RunContext], None]
 
-log = logging.getLogger("lcmaps")
+log = LazyLogger("lcmaps")
 
 ENTRY_POINT_GROUP = "scas_stack.lcmaps_plugins"
 
+#: The built-in plugins, exactly as pyproject.toml declares them as entry points (a test keeps
+#: the two equal): found without scanning installed distributions.
+BUILTIN_PLUGINS: Mapping[str, str] = {
+    "localaccount": "lcmaps.plugins.localaccount:LocalAccount",
+    "poolaccount": "lcmaps.plugins.poolaccount:PoolAccount",
+    "ban_dn": "lcmaps.plugins.ban:BanDn",
+    "ban_fqan": "lcmaps.plugins.ban:BanFqan",
+    "voms_localgroup": "lcmaps.plugins.voms_group:VomsLocalGroup",
+    "voms_poolgroup": "lcmaps.plugins.voms_group:VomsPoolGroup",
+    "voms_localaccount": "lcmaps.plugins.voms_account:VomsLocalAccount",
+    "voms_poolaccount": "lcmaps.plugins.voms_account:VomsPoolAccount",
+    "verify_proxy": "lcmaps.plugins.verify_proxy:VerifyProxy",
+    "posix_enf": "lcmaps.plugins.posix_enf:PosixEnf",
+    "ldap_enf": "lcmaps.plugins.ldap_enf:LdapEnf",
+    "dummy_good": "lcmaps.plugins.dummy:DummyGood",
+    "dummy_bad": "lcmaps.plugins.dummy:DummyBad",
+    "voms": "lcmaps.plugins.dummy:VomsNoop",
+    "scas_client": "lcmaps.plugins.scas_client:ScasClient",
+    "gums_client": "lcmaps.plugins.scas_client:ScasClient",
+}
+
 
 def plugin_class(name: str) -> type[Plugin] | None:
-    """The class behind entry point ``name`` (imported on first use only)."""
-    return load_plugin_class(ENTRY_POINT_GROUP, name)
+    """The class behind plugin ``name``: built in, else an entry point (imported on first use
+    only)."""
+    return load_plugin_class(ENTRY_POINT_GROUP, name, BUILTIN_PLUGINS)
 
 
 class MappingUnavailable(Exception):
@@ -211,11 +233,9 @@ class Engine:
 
 
 def _username(uid: int) -> str | None:
-    import pwd
-
     try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
+        return accounts.account_by_uid(uid).name
+    except accounts.UnknownAccount:
         return None
 
 

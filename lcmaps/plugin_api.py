@@ -10,7 +10,6 @@ everything a run produces goes into ``ctx.data`` (the credential store).
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from leases import store_for
 from safetext import one_line
-from sitefiles.plugins import PluginInitError
+from sitefiles.plugins import LazyLogger, PluginInitError
 
 if TYPE_CHECKING:
     from credentials.credential import Credential
@@ -30,7 +29,7 @@ __all__ = [
     "PluginUnavailable", "Request", "RequestedAccount", "RunContext", "lease_store_for",
 ]
 
-log = logging.getLogger("lcmaps")
+log = LazyLogger("lcmaps")
 
 
 #: kinds of deny a client is told apart (the detail stays in the audit log)

@@ -186,3 +186,37 @@ def test_cli_init_failure_is_still_a_deny_exit_1(tmp_path: Path) -> None:
     proc = run("--db", str(db), "--dn", ALICE, "--fqan", DTEAM)
     assert proc.returncode == 1
     assert proc.stdout.startswith("deny: lcas_userban.mod: LCAS initialisation failed:")
+
+
+def test_cli_pem_private_key_is_never_read(tmp_path: Path, pki: TestPKI,
+                                           users: dict[str, User]) -> None:
+    # As C LCAS: deciding needs the certificates only, so a proxy file whose key block is
+    # unreadable is decided like the intact one (and verified all the same).
+    proxy = Path(pki.proxy(users["alice"], fqans=(DTEAM,)))
+    text = proxy.read_text()
+    head = "-----BEGIN RSA PRIVATE KEY-----\n"
+    begin = text.index(head) + len(head)
+    broken = tmp_path / "broken.pem"
+    broken.write_text(text[:begin] + "AAAA\n" + text[text.index("-----END RSA PRIVATE KEY"):])
+    for pem in (proxy, broken):
+        proc = run("--db", str(site(tmp_path)), "--pem", str(pem), "--certdir", pki.certdir,
+                   "--vomsdir", pki.vomsdir, "--json")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert json.loads(proc.stdout)["fqans"] == [DTEAM]
+    untrusted = run("--db", str(site(tmp_path)), "--pem", str(broken), "--certdir",
+                    str(tmp_path), "--vomsdir", pki.vomsdir)
+    assert untrusted.returncode == 1 and "credential refused" in untrusted.stdout
+
+
+def test_cli_dn_run_reads_no_plugin_metadata(tmp_path: Path) -> None:
+    # The built-in plugins are found without scanning installed distributions, a --dn run
+    # loads no credential code, and a plain (not GACL) VOMS auth file needs no XML parser.
+    code = ("import sys\nfrom lcas.cli import main\n"
+            f"rc = main(['--db', {str(site(tmp_path))!r}, '--dn', {ALICE!r},"
+            f" '--fqan', {DTEAM!r}])\n"
+            "print([m for m in ('importlib.metadata', 'credentials', 'cryptography', 'OpenSSL',"
+            " 'lxml')"
+            " if m in sys.modules])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout.splitlines() == ["allow", "[]"], proc.stderr

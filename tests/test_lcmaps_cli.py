@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 DB = (
     "path = /usr/lib/lcmaps\n"
@@ -72,3 +73,55 @@ def test_lcmaps_cli_import_is_lean():
             "'OpenSSL', 'cryptography') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
+
+
+def _lean_run(*argv: str) -> list[str]:
+    """The heavy modules one lcmaps-run in a fresh interpreter imported."""
+    code = ("import sys\nfrom lcmaps.cli import main\n"
+            f"rc = main({list(argv)!r})\n"
+            "heavy = ('importlib.metadata', 'credentials', 'cryptography', 'OpenSSL', 'pyasn1',"
+            " 'logging',"
+            " 'lcmaps.plugins.scas_client', 'lcmaps.plugins.ldap_enf', 'client')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1].replace("'", '"'))
+
+
+def test_lcmaps_cli_dn_run_imports_only_what_it_uses(tmp_path):
+    # The built-in plugins need no entry-point scan, and nothing loads credential code or a
+    # plugin lcmaps.db does not name.
+    (tmp_path / "lcmaps.db").write_text(DB)
+    assert _lean_run("--db", str(tmp_path / "lcmaps.db"), "--dn", "/CN=a") == []
+
+
+def _proxy_with(pem: str, key_block: str | None) -> str:
+    text = Path(pem).read_text()
+    begin = text.index("-----BEGIN RSA PRIVATE KEY-----")
+    end = text.index("-----END RSA PRIVATE KEY-----") + len("-----END RSA PRIVATE KEY-----\n")
+    out = Path(f"{pem}.edited")
+    out.write_text(text[:begin] + (key_block or "") + text[end:])
+    return str(out)
+
+
+def test_lcmaps_cli_never_reads_the_private_key(tmp_path, pki, users):
+    # C LCMAPS maps a proxy file without reading its key; so does lcmaps-run: a key that
+    # cannot be parsed, a key of another proxy, or none at all change nothing.
+    alice = users["alice"]
+    (tmp_path / "grid-mapfile").write_text(f'"{alice.dn}" nobody\n')
+    db = tmp_path / "lcmaps.db"
+    db.write_text(f'local = "lcmaps_localaccount.mod" "-gridmapfile {tmp_path}/grid-mapfile"\n'
+                  "p:\nlocal -> lcmaps_dummy_good.mod\n")
+    proxy = pki.proxy(alice)
+    other = Path(pki.proxy(alice)).read_text()
+    other_key = other[other.index("-----BEGIN RSA"):other.index("-----END RSA PRIVATE KEY")]
+    for pem in (proxy, _proxy_with(proxy, "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n"
+                                          "-----END RSA PRIVATE KEY-----\n"),
+                _proxy_with(proxy, other_key + "-----END RSA PRIVATE KEY-----\n"),
+                _proxy_with(proxy, None)):
+        rc, out, err = run("--db", str(db), "--pem", pem)
+        assert (rc, out["username"]) == (0, "nobody"), err
+    rc, out, err = run("--db", str(db), "--pem", str(tmp_path / "missing.pem"))
+    assert rc == 2 and out["reason"].startswith("cannot read credential: ")
+    assert "missing.pem: cannot read (No such file or directory)" in out["reason"]

@@ -35,10 +35,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from lxml import etree
+from typing import TYPE_CHECKING
 
 from sitefiles.cglob import glob_match
+
+if TYPE_CHECKING:  # lxml (30 ms to import) is loaded by parse_gacl, when a GACL file is read
+    from lxml import etree
 
 MAX_GACL_BYTES = 1024 * 1024
 GRANTING = frozenset({"exec", "read", "write"})
@@ -120,18 +122,23 @@ class Entry:
     deny: frozenset[str]
 
 
+def _local(el: etree._Element) -> str:
+    """The element's local name, as ``etree.QName(el).localname`` gives it."""
+    return str(el.tag).rpartition("}")[2]
+
+
 def _text(el: etree._Element) -> str:
     return "".join(str(t) for t in el.itertext()).strip()
 
 
 def _credential(el: etree._Element) -> Credential:
-    kind = etree.QName(el).localname
+    kind = _local(el)
     if kind in ("voms", "voms-cred"):
         fields = []
         for child in el:
             if not isinstance(child.tag, str):
                 continue
-            name = etree.QName(child).localname
+            name = _local(child)
             if name in _VOMS_FIELDS:
                 fields.append((name, _text(child)))
             else:
@@ -139,19 +146,21 @@ def _credential(el: etree._Element) -> Credential:
         return Credential("voms", tuple(fields))
     if kind == "person":
         return Credential("person", tuple(
-            (etree.QName(c).localname, _text(c)) for c in el if isinstance(c.tag, str)))
+            (_local(c), _text(c)) for c in el if isinstance(c.tag, str)))
     return Credential(kind)
 
 
 def _perms(el: etree._Element | None) -> frozenset[str]:
     if el is None:
         return frozenset()
-    return frozenset(etree.QName(c).localname for c in el if isinstance(c.tag, str))
+    return frozenset(_local(c) for c in el if isinstance(c.tag, str))
 
 
 def parse_gacl(data: bytes, filename: str) -> tuple[Entry, ...]:
     if len(data) > MAX_GACL_BYTES:
         raise GaclError(f"{filename}: larger than {MAX_GACL_BYTES} bytes")
+    from lxml import etree
+
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
                              dtd_validation=False, huge_tree=False, remove_comments=True,
                              remove_pis=True)
@@ -162,18 +171,18 @@ def parse_gacl(data: bytes, filename: str) -> tuple[Entry, ...]:
     doc = root.getroottree().docinfo
     if getattr(doc, "doctype", "") or doc.internalDTD is not None:
         raise GaclError(f"{filename}: a DOCTYPE is not allowed")
-    if etree.QName(root).localname != "gacl":
-        raise GaclError(f"{filename}: root element is <{etree.QName(root).localname}>, "
+    if _local(root) != "gacl":
+        raise GaclError(f"{filename}: root element is <{_local(root)}>, "
                         "not <gacl>")
     entries = []
     for el in root:
-        if not isinstance(el.tag, str) or etree.QName(el).localname != "entry":
+        if not isinstance(el.tag, str) or _local(el) != "entry":
             continue
         creds, allow, deny = [], None, None
         for child in el:
             if not isinstance(child.tag, str):
                 continue
-            name = etree.QName(child).localname
+            name = _local(child)
             if name == "allow":
                 allow = child
             elif name == "deny":

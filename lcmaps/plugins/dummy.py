@@ -10,14 +10,10 @@ In verification mode it only succeeds, as in C.
 
 from __future__ import annotations
 
-import grp
-import logging
-import pwd
 from collections.abc import Sequence
 
+from lcmaps import accounts
 from lcmaps.plugin_api import Plugin, PluginInitError, RunContext
-
-log = logging.getLogger("lcmaps")
 
 
 def _digits(value: str, opt: str) -> int:
@@ -54,12 +50,12 @@ class DummyGood(Plugin):
                 elif opt == "--dummy-sec-gid":
                     self.sgid = _digits(value, raw)
                 elif opt == "--dummy-username":
-                    self.uid = pwd.getpwnam(value).pw_uid
+                    self.uid = accounts.account(value).uid
                 elif opt == "--dummy-group":
-                    self.gid = grp.getgrnam(value).gr_gid
+                    self.gid = accounts.gid_of_group(value)
                 else:
-                    self.sgid = grp.getgrnam(value).gr_gid
-            except KeyError:
+                    self.sgid = accounts.gid_of_group(value)
+            except accounts.UnknownAccount:
                 reason = f"lcmaps_dummy_good: no account or group '{value}'"
                 raise PluginInitError(reason) from None
 

@@ -31,30 +31,35 @@ Answers about the mapping are a deny (ctx.fail): id limits, an entry missing or 
 from __future__ import annotations
 
 import os
-import pwd
 import stat
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
-with warnings.catch_warnings():  # ldap3 2.9 uses pyasn1 names deprecated in 0.6
-    warnings.filterwarnings("ignore", "(tag|type)Map is deprecated", DeprecationWarning)
-    from ldap3 import (
-        MODIFY_ADD,
-        MODIFY_DELETE,
-        MODIFY_REPLACE,
-        NONE,
-        SIMPLE,
-        SUBTREE,
-        Connection,
-        Server,
-    )
-    from ldap3.core.exceptions import LDAPException
-    from ldap3.utils.conv import escape_filter_chars
+if TYPE_CHECKING:
+    from ldap3 import Connection
 
+from lcmaps import accounts
 from lcmaps.plugin_api import Plugin, PluginInitError, PluginUnavailable, RunContext, log
 from safetext import one_line
 from sitefiles.plugins import ArgWalker, parse_yes_no
+
+
+@cache
+def _ldap3() -> Any:
+    """ldap3, imported when the plugin first talks to a directory: importing it (and pyasn1
+    under it) costs about 170 ms, which a one-shot whose policy never reaches this plugin, or
+    fails it on the id limits, should not pay."""
+    with warnings.catch_warnings():  # ldap3 2.9 uses pyasn1 names deprecated in 0.6
+        warnings.filterwarnings("ignore", "(tag|type)Map is deprecated", DeprecationWarning)
+        import ldap3
+        from ldap3.core.exceptions import LDAPException
+        from ldap3.utils.conv import escape_filter_chars
+    return SimpleNamespace(lib=ldap3, LDAPException=LDAPException,
+                           escape_filter_chars=escape_filter_chars)
 
 NAME = "lcmaps_ldap_enf"
 MAX_GID = 999_999_999  # C refuses larger group numbers
@@ -203,8 +208,8 @@ class LdapEnf(Plugin):
         if not d.uids:
             return ctx.fail(f"{NAME}: no uid in the credential data")
         try:
-            username = pwd.getpwuid(d.uids[0]).pw_name
-        except KeyError:
+            username = accounts.account_by_uid(d.uids[0]).name
+        except accounts.UnknownAccount:
             return ctx.fail(f"{NAME}: no user name for uid {d.uids[0]}")
         pgid = d.pgids[0] if d.pgids else None
         for gid in ([pgid] if pgid is not None else []) + list(d.sgids):
@@ -223,7 +228,7 @@ class LdapEnf(Plugin):
             self._apply(conn, username, plan)
         except _Failure as exc:
             return ctx.fail(str(exc))
-        except LDAPException as exc:  # the connection broke or timed out half-way
+        except _ldap3().LDAPException as exc:  # the connection broke or timed out half-way
             raise PluginUnavailable(f"{NAME}: LDAP server {self._where()} failed: "
                                     f"{one_line(exc) or type(exc).__name__}") from None
         finally:
@@ -241,16 +246,17 @@ class LdapEnf(Plugin):
         """A bound connection, or PluginUnavailable naming host and cause."""
         limit = self.timeout or None
         conn: Connection | None = None
+        lib = _ldap3().lib
         try:
-            server = Server(self.hostname or "", port=self.port, get_info=NONE,
-                            connect_timeout=limit)
-            conn = Connection(server, user=self.dn_manager, password=self.password,
-                              authentication=SIMPLE, receive_timeout=limit,
-                              raise_exceptions=False, read_only=False)
+            server = lib.Server(self.hostname or "", port=self.port, get_info=lib.NONE,
+                                connect_timeout=limit)
+            conn = lib.Connection(server, user=self.dn_manager, password=self.password,
+                                  authentication=lib.SIMPLE, receive_timeout=limit,
+                                  raise_exceptions=False, read_only=False)
             if conn.bind():
                 return conn
             reason = _ldap_error(conn)
-        except LDAPException as exc:
+        except _ldap3().LDAPException as exc:
             reason = one_line(exc) or type(exc).__name__
         if conn is not None:
             _close(conn)
@@ -258,7 +264,7 @@ class LdapEnf(Plugin):
                                 f"{one_line(self.dn_manager)}: {reason}")
 
     def _search(self, conn: Connection, base: str, flt: str, attrs: list[str]) -> list[dict]:
-        ok = conn.search(base, flt, search_scope=SUBTREE, attributes=attrs,
+        ok = conn.search(base, flt, search_scope=_ldap3().lib.SUBTREE, attributes=attrs,
                          time_limit=self.timeout)
         if not ok and (conn.result or {}).get("result") not in (0, 32):  # 32: noSuchObject
             raise PluginUnavailable(f"{NAME}: LDAP server {self._where()}: search for "
@@ -269,7 +275,7 @@ class LdapEnf(Plugin):
     def _plan(self, conn: Connection, username: str, pgid: int | None,
               sgids: Sequence[int]) -> _Plan:
         plan = _Plan()
-        name = escape_filter_chars(username)
+        name = _ldap3().escape_filter_chars(username)
         if pgid is not None:
             base = self.sb_user or ""
             users = self._search(conn, base, f"(&(objectClass=posixAccount)(uid={name}))",
@@ -305,15 +311,17 @@ class LdapEnf(Plugin):
         """Write the plan; on a failed write undo what was written and raise
         PluginUnavailable saying what was undone, left changed and not attempted."""
         steps: list[tuple[str, str, dict, dict]] = []  # (what, dn, change, undo)
+        lib = _ldap3().lib
+        add, delete, replace = lib.MODIFY_ADD, lib.MODIFY_DELETE, lib.MODIFY_REPLACE
         if plan.user_dn is not None and plan.new_gid is not None:
-            back = ({"gidNumber": [(MODIFY_REPLACE, [plan.old_gid])]} if plan.old_gid
-                    else {"gidNumber": [(MODIFY_DELETE, [])]})
+            back = ({"gidNumber": [(replace, [plan.old_gid])]} if plan.old_gid
+                    else {"gidNumber": [(delete, [])]})
             steps.append((f"gidNumber of {plan.user_dn}", plan.user_dn,
-                          {"gidNumber": [(MODIFY_REPLACE, [plan.new_gid])]}, back))
+                          {"gidNumber": [(replace, [plan.new_gid])]}, back))
         for _gid, dn in plan.add_to:
             steps.append((f"memberUid of {dn}", dn,
-                          {"memberUid": [(MODIFY_ADD, [username])]},
-                          {"memberUid": [(MODIFY_DELETE, [username])]}))
+                          {"memberUid": [(add, [username])]},
+                          {"memberUid": [(delete, [username])]}))
         written: list[tuple[str, str, dict]] = []
         for k, (what, dn, change, back) in enumerate(steps):
             ok, code, cause = _modify(conn, dn, change)
@@ -345,7 +353,7 @@ def _modify(conn: Connection, dn: str, change: dict) -> tuple[bool, int | None, 
         if conn.modify(dn, change):
             return True, 0, ""
         return False, (conn.result or {}).get("result"), _ldap_error(conn)
-    except LDAPException as exc:
+    except _ldap3().LDAPException as exc:
         return False, None, one_line(exc) or type(exc).__name__
 
 
@@ -353,7 +361,7 @@ def _close(conn: Connection) -> None:
     """Unbind, and close the socket even when the connection broke half-way."""
     try:
         conn.unbind()
-    except LDAPException:
+    except _ldap3().LDAPException:
         pass
     sock = getattr(conn, "socket", None)
     if sock is not None:
