@@ -64,36 +64,50 @@ entry larger than ``max_bytes`` on its own is not kept. Defaults, per process
   = 40,000, two credential caches' worth, and :data:`MEMO_MAX_BYTES` = 128 MiB of DER);
 * parsed CRLs (``proxy_chain._crl_cache``): one entry per CRL path, a rewritten file
   replacing its entry; 1,024 paths (an IGTF CA directory has a few hundred) and
-  128 MiB of CRL file bytes (the largest IGTF CRLs are a few MiB).
+  128 MiB of CRL file bytes (the largest IGTF CRLs are a few MiB);
+* directory listings (:func:`dir_listing`): the CA directory, the vomsdir and its VO
+  directories, :data:`LISTING_MAX_ENTRIES` = 256 directories and 16 MiB of names.
+
+Directory listings. A cold verification needs the names of the files of each issuer
+hash (``<hash>.0``, ``<hash>.r0`` ...) and of the vomsdir; listing and filtering an
+IGTF directory of a few hundred files costs more than a signature. A listing is
+remembered with the directory's state (inode, size, mtime): creating, removing or
+renaming an entry changes the directory's mtime, so a changed state lists again. The
+kernel stamps mtimes with a coarse clock, so two changes a few milliseconds apart can
+leave the same mtime; a listing is only remembered once the directory's mtime is
+:data:`RACY_SECONDS` old (the "racy" rule git uses for its index), so a listing taken
+in the same tick as a change is never reused.
 
 Misses cost CPU, never correctness: an evicted entry is verified again in full.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+
+from credentials import certbytes
+from credentials.lru import BoundedLRU, MiB
 
 __all__ = [
     "CHAIN_MAX_BYTES", "CHAIN_MAX_ENTRIES", "ENTRY_OVERHEAD", "INDEX_ENTRY_BYTES",
-    "MEMO_MAX_BYTES", "MEMO_MAX_ENTRIES", "BoundedLRU", "FileState", "MiB", "Remembered",
-    "Verdict", "VerdictCache", "canonical_chain_key", "chain_key", "file_state", "files_size",
-    "forget_chain_key", "watch_files",
+    "MEMO_MAX_BYTES", "MEMO_MAX_ENTRIES", "RACY_SECONDS", "BoundedLRU", "FileState",
+    "Listing", "MiB", "Remembered", "Verdict", "VerdictCache", "canonical_chain_key",
+    "chain_key", "dir_listing", "file_state", "files_size", "forget_chain_key", "one_look",
+    "settled", "stat_of", "watch_files",
 ]  # fmt: skip
 
 FileState = tuple[str, int, int, int]  # path, inode, size, mtime_ns (-1s: absent)
 
-MiB = 1024 * 1024
 CHAIN_MAX_ENTRIES = 20_000
 CHAIN_MAX_BYTES = 32 * MiB
 #: accounted per entry on top of the bytes it holds (dataclass, tuples, datetimes, dict slot)
@@ -103,115 +117,14 @@ INDEX_ENTRY_BYTES = 200
 #: the chain-key memo holds nothing a cached credential does not hold already
 MEMO_MAX_ENTRIES = 40_000
 MEMO_MAX_BYTES = 128 * MiB
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-class BoundedLRU(Generic[K, V]):
-    """A thread-safe map bounded in entries and in accounted bytes, least recently used out.
-
-    ``put`` takes the entry's size in bytes (approximate; at least 1). Every method
-    holds the lock for a few dict operations only. ``on_evict(key, value)`` is called,
-    outside the lock, for every value that leaves: evicted, replaced, popped or cleared.
-    """
-
-    def __init__(
-        self, max_entries: int, max_bytes: int,
-        on_evict: Callable[[K, V], object] | None = None,
-    ) -> None:  # fmt: skip
-        if max_entries < 1 or max_bytes < 1:
-            raise ValueError("a cache needs room for at least one entry and one byte")
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self._on_evict = on_evict
-        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
-        self._nbytes = 0
-        self._lock = threading.Lock()
-
-    def _gone(self, left: list[tuple[K, V]]) -> None:
-        if self._on_evict is not None:
-            for key, value in left:
-                self._on_evict(key, value)
-
-    def get(self, key: K) -> V | None:
-        """The value, now the most recently used; None if absent."""
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                return None
-            self._items.move_to_end(key)
-            return item[0]
-
-    def peek(self, key: K) -> V | None:
-        """The value without touching its place in the LRU order."""
-        with self._lock:
-            item = self._items.get(key)
-            return None if item is None else item[0]
-
-    def put(self, key: K, value: V, size: int) -> bool:
-        """Store (or replace) ``key``; evict from the LRU end until both bounds hold.
-
-        False (and ``key`` absent) if ``size`` alone exceeds ``max_bytes``.
-        """
-        size = max(int(size), 1)
-        left: list[tuple[K, V]] = []
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._nbytes -= old[1]
-                if old[0] is not value:
-                    left.append((key, old[0]))
-            stored = size <= self.max_bytes
-            if stored:
-                self._items[key] = (value, size)
-                self._nbytes += size
-                while len(self._items) > self.max_entries or self._nbytes > self.max_bytes:
-                    gone, (dropped, dropped_size) = self._items.popitem(last=False)
-                    self._nbytes -= dropped_size
-                    left.append((gone, dropped))
-        self._gone(left)
-        return stored
-
-    def pop(self, key: K, only_if: Callable[[V], bool] | None = None) -> None:
-        """Drop ``key``; with ``only_if``, only while its value passes that test."""
-        with self._lock:
-            item = self._items.get(key)
-            if item is None or (only_if is not None and not only_if(item[0])):
-                return
-            del self._items[key]
-            self._nbytes -= item[1]
-        self._gone([(key, item[0])])
-
-    def keys(self) -> list[K]:
-        """A snapshot, least recently used first."""
-        with self._lock:
-            return list(self._items)
-
-    def clear(self) -> None:
-        with self._lock:
-            left = [(key, item[0]) for key, item in self._items.items()]
-            self._items.clear()
-            self._nbytes = 0
-        self._gone(left)
-
-    @property
-    def nbytes(self) -> int:
-        """The accounted bytes of all entries (never above ``max_bytes``)."""
-        with self._lock:
-            return self._nbytes
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
-
-    def __contains__(self, key: object) -> bool:
-        with self._lock:
-            return key in self._items
-
+LISTING_MAX_ENTRIES = 256
+LISTING_MAX_BYTES = 16 * MiB
+#: a file or directory changed less than this long ago may change again within the
+#: same mtime tick: what was read from it is used once, not remembered
+RACY_SECONDS = 2.0
 
 def _der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.DER)
+    return certbytes.der(cert)
 
 
 _Memo = tuple[Sequence[x509.Certificate], str, int, bytes]
@@ -268,10 +181,41 @@ def canonical_chain_key(
     return h.digest()
 
 
-def file_state(path: str) -> FileState:
+_look = threading.local()
+
+
+@contextmanager
+def one_look() -> Iterator[None]:
+    """Within this block (one verification) each path is ``stat``-ed once: the
+    verification sees the files as they were when it first looked, and a change counts
+    from the next one. Nested blocks share the outer one's view."""
+    if getattr(_look, "stats", None) is not None:
+        yield
+        return
+    _look.stats = {}
     try:
-        st = os.stat(path)
+        yield
+    finally:
+        _look.stats = None
+
+
+def stat_of(path: str) -> os.stat_result | None:
+    """``os.stat(path)`` (None if it fails), once per :func:`one_look` block."""
+    seen: dict[str, os.stat_result | None] | None = getattr(_look, "stats", None)
+    if seen is not None and path in seen:
+        return seen[path]
+    try:
+        st: os.stat_result | None = os.stat(path)
     except OSError:
+        st = None
+    if seen is not None:
+        seen[path] = st
+    return st
+
+
+def file_state(path: str) -> FileState:
+    st = stat_of(path)
+    if st is None:
         return (path, -1, -1, -1)
     return (path, st.st_ino, st.st_size, st.st_mtime_ns)
 
@@ -314,11 +258,68 @@ class Verdict(Remembered):
                 + files_size(self.files) + ENTRY_OVERHEAD)
 
 
+def settled(state: FileState, *, now: float | None = None) -> bool:
+    """True when ``state``'s mtime is old enough that a change would show in it."""
+    return state[3] < ((now if now is not None else time.time()) - RACY_SECONDS) * 1e9
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The entries of one directory: ``names`` sorted; ``files`` the regular files among
+    them; ``by_stem`` the names grouped by the part before their first dot."""
+
+    state: FileState
+    names: tuple[str, ...]
+    files: frozenset[str]
+    by_stem: dict[str, tuple[str, ...]]
+
+
+_listings: BoundedLRU[str, Listing] = BoundedLRU(LISTING_MAX_ENTRIES, LISTING_MAX_BYTES)
+
+
+def dir_listing(path: str) -> Listing | None:
+    """``path``'s entries, remembered while its state holds (see the module docstring);
+    None if it is not a readable directory."""
+    state = file_state(path)
+    if state[1] == -1:
+        return None
+    cached = _listings.get(path)
+    if cached is not None and cached.state == state:
+        return cached
+    try:
+        with os.scandir(path) as entries:
+            found = [(e.name, e.is_file()) for e in entries]
+    except OSError:
+        return None
+    names = tuple(sorted(n for n, _ in found))
+    stems: dict[str, list[str]] = {}
+    for name in names:
+        stem, dot, _rest = name.partition(".")
+        if dot:
+            stems.setdefault(stem, []).append(name)
+    listing = Listing(state, names, frozenset(n for n, f in found if f),
+                      {k: tuple(v) for k, v in stems.items()})
+    if settled(state) and _fresh_state(path) == state:  # unchanged while it was listed
+        _listings.put(path, listing, sum(len(n) + 60 for n in names) + ENTRY_OVERHEAD)
+    return listing
+
+
+def _fresh_state(path: str) -> FileState:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path, -1, -1, -1)
+    return (path, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def watch_files(certdir: str, issuer_hashes: Iterable[str]) -> tuple[FileState, ...]:
-    """The CA directory and every file in it belonging to these issuer hashes."""
+    """The CA directory and every file in it belonging to these issuer hashes
+    (``<hash>.*``)."""
+    listing = dir_listing(certdir)
     paths = [certdir]
     for name in sorted(set(issuer_hashes)):
-        paths.extend(sorted(glob.glob(os.path.join(certdir, glob.escape(name) + ".*"))))
+        found = listing.by_stem.get(name, ()) if listing is not None else ()
+        paths.extend(os.path.join(certdir, n) for n in found)
     return tuple(file_state(p) for p in paths)
 
 

@@ -25,8 +25,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from credentials import proxy_chain, voms
-from credentials.dn import oneline
+from credentials import certbytes, proxy_chain, voms
+from credentials.chain_cache import one_look
 from credentials.errors import ACInvalid, MalformedCredential
 
 __all__ = [
@@ -84,16 +84,16 @@ class Credential:
 
     @property
     def subject(self) -> str:
-        return oneline(self.leaf.subject)
+        return certbytes.subject_line(self.leaf)
 
     @property
     def issuer(self) -> str:
-        return oneline(self.leaf.issuer)
+        return certbytes.issuer_line(self.leaf)
 
     @property
     def identity(self) -> str:
         """The user's DN: end-entity subject, OpenSSL one-line form."""
-        return oneline(self.end_entity.subject)
+        return certbytes.subject_line(self.end_entity)
 
     @property
     def proxy_depth(self) -> int:
@@ -201,8 +201,13 @@ def verify_credential(
     maps by DN alone: the FQANs are dropped and the reason is kept in
     ``voms_error``. Either way no unverified FQAN is ever returned.
     """
-    now = now or datetime.now(UTC)
-    policy = policy or ProxyPolicy()
+    with one_look():  # each file this rests on is stat-ed once per call
+        return _verify(cred, trust, now or datetime.now(UTC), policy or ProxyPolicy(),
+                       verify_voms, ignore_bad_acs)
+
+
+def _verify(cred: Credential, trust: TrustStore, now: datetime, policy: ProxyPolicy,
+            verify_voms: bool, ignore_bad_acs: bool) -> Credential:
     proxy_chain.verify_chain(cred.chain, cred.identity_index, trust.certdir, now=now,
                              policy=policy)
     acs: tuple[VomsAttributes, ...] = ()

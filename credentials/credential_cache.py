@@ -46,7 +46,6 @@ lifetime; a smaller machine passes a smaller ``max_bytes``. The PEM-hash index h
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import operator
 import os
@@ -57,7 +56,7 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from credentials import proxy_chain, voms
+from credentials import certbytes, proxy_chain, voms
 from credentials.chain_cache import (
     ENTRY_OVERHEAD,
     FileState,
@@ -65,9 +64,11 @@ from credentials.chain_cache import (
     Remembered,
     VerdictCache,
     chain_key,
+    dir_listing,
     file_state,
     files_size,
     forget_chain_key,
+    one_look,
 )
 from credentials.credential import Credential, TrustStore, load_pem, verify_credential
 from credentials.proxy_chain import ProxyPolicy
@@ -84,7 +85,15 @@ class _Entry(Remembered):
 
 
 def _der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.DER)
+    return certbytes.der(cert)
+
+
+def _watch_dir(path: str, *, files_only: bool) -> list[FileState]:
+    """``path`` and its entries (its regular files only, with ``files_only``), sorted."""
+    listing = dir_listing(path)
+    names = [] if listing is None else [  # as glob("*") lists them: no dot files
+        n for n in listing.names if n[0] != "." and (n in listing.files or not files_only)]
+    return [file_state(path), *(file_state(os.path.join(path, n)) for n in names)]
 
 
 class CredentialCache:
@@ -102,6 +111,11 @@ class CredentialCache:
         self.trust = trust
         self.policy = policy or ProxyPolicy()
         self.verify_voms = verify_voms
+        # the settings are part of every key: hashed once
+        self._settings = hashlib.sha256(b"verified-credential\0")
+        for setting in (trust.certdir, trust.vomsdir or "", str(verify_voms), repr(self.policy)):
+            raw = setting.encode("utf-8", "surrogateescape")
+            self._settings.update(len(raw).to_bytes(4, "big") + raw)
         self._entries: VerdictCache[_Entry] = VerdictCache(
             max_entries, max_bytes, index_entries=index_entries,
             on_evict=lambda _key, entry: forget_chain_key(entry.credential.chain),
@@ -115,7 +129,10 @@ class CredentialCache:
         The credential's ``chain`` is the verified one: proxies, end-entity and the
         intermediates up to the trust anchor; certificates the path did not use are left out.
         """
-        now = now or datetime.now(UTC)
+        with one_look():  # each file this rests on is stat-ed once per call
+            return self._verify(pem, now or datetime.now(UTC), source)
+
+    def _verify(self, pem: bytes, now: datetime, source: str) -> Credential:
         presented = hashlib.sha256(pem).digest()
         entry = self._entries.get(presented, now)
         if entry is not None:
@@ -146,9 +163,8 @@ class CredentialCache:
         chains: list[tuple[Sequence[x509.Certificate], int]] = [(cred.chain, ee)]
         for ac in acs:
             # an AC vouched for by an .lsc file rests on its embedded chain's verdict too
-            if vomsdir and ac.certs and os.path.isfile(
-                os.path.join(vomsdir, ac.attrs.vo, ac.host + ".lsc")
-            ):
+            if vomsdir and ac.certs and voms._regular(
+                os.path.join(vomsdir, ac.attrs.vo, ac.host + ".lsc")) is not None:
                 chains.append((ac.certs, 0))
         lo, hi = cred.not_before, cred.not_after
         files: list[FileState] = []
@@ -163,14 +179,9 @@ class CredentialCache:
         for attrs in cred.voms:
             lo, hi = max(lo, attrs.not_before), min(hi, attrs.not_after)
         if cred.voms and vomsdir:
-            files.append(file_state(vomsdir))
-            files.extend(file_state(p) for p in sorted(glob.glob(os.path.join(
-                glob.escape(vomsdir), "*"))) if os.path.isfile(p))
+            files.extend(_watch_dir(vomsdir, files_only=True))
             for vo in sorted({a.vo for a in cred.voms}):
-                vo_dir = os.path.join(vomsdir, vo)
-                files.append(file_state(vo_dir))
-                files.extend(file_state(p) for p in sorted(glob.glob(os.path.join(
-                    glob.escape(vo_dir), "*"))))
+                files.extend(_watch_dir(os.path.join(vomsdir, vo), files_only=False))
         watched = tuple(dict.fromkeys(files))
 
         # the verified chain: leaf..EE as sent, then the path's intermediates (the sent
@@ -182,10 +193,7 @@ class CredentialCache:
         same = len(chain) == len(cred.chain) and all(map(operator.is_, chain, cred.chain))
         canonical = cred if same else replace(cred, chain=chain)
 
-        h = hashlib.sha256(b"verified-credential\0")
-        for setting in (certdir, vomsdir or "", str(self.verify_voms), repr(self.policy)):
-            raw = setting.encode("utf-8", "surrogateescape")
-            h.update(len(raw).to_bytes(4, "big") + raw)
+        h = self._settings.copy()
         h.update(verdicts[0].key)
         size = ENTRY_OVERHEAD + files_size(watched)
         size += sum(len(_der(c)) for c in canonical.chain)

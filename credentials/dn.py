@@ -74,8 +74,9 @@ def read_tlv(der: bytes, pos: int) -> tuple[int, int, int]:
     return tag, pos, end
 
 
+@lru_cache(maxsize=1024)
 def oid_to_dotted(body: bytes) -> str:
-    """Decode the content octets of an OBJECT IDENTIFIER."""
+    """Decode the content octets of an OBJECT IDENTIFIER (a handful recur: cached)."""
     if not body:
         raise DNError("empty OID")
     arcs: list[int] = []

@@ -1,38 +1,54 @@
 """X.509 chain verification with proxy certificates (RFC 3820 and legacy Globus).
 
-This is the only module that imports pyOpenSSL: the ``cryptography`` package
-cannot verify proxy chains, OpenSSL can (``X509_V_FLAG_ALLOW_PROXY_CERTS``).
-The order of checks gives each failure its own exception and a message an
-admin can act on:
+The ``cryptography`` package cannot verify proxy chains, OpenSSL can
+(``X509_V_FLAG_ALLOW_PROXY_CERTS``, through pyOpenSSL in :mod:`credentials.ca_store`).
+Each chain goes through OpenSSL **once**, against the CA directory's anchors as
+:mod:`credentials.ca_store` keeps them. The order of checks gives each failure its
+own exception and a message an admin can act on:
 
-1. structure and validity window of every certificate (``now`` injectable);
-2. the end-entity chain up to a CA in the hashed CA directory (OpenSSL);
-3. revocation of the end-entity and intermediate CAs from ``<hash>.r<N>``
-   CRLs, checked here explicitly because OpenSSL's proxy path may skip CRLs;
-4. each proxy level: signed by the certificate above it, named after it
-   (issuer + one CN), path-length constraints; RFC 3820 chains then go
-   through OpenSSL as a whole once more;
-5. the site's :class:`ProxyPolicy` (limited proxies, per-level lifetimes).
+1. the validity window of the end-entity and every proxy (``now`` injectable);
+2. the proxy structure, no signatures yet: each level is a proxy of the certificate
+   above it (ProxyCertInfo, or legacy ``CN=proxy``/``CN=limited proxy``), named after
+   it (its subject plus one single-valued RDN), within every pCPathLenConstraint
+   above it;
+3. OpenSSL, once: for an RFC 3820 chain the whole chain with ALLOW_PROXY_CERTS (every
+   signature, proxies included, up to a CA in the directory, and the RFC 3820 rules
+   below); for a legacy chain, or no proxy, the end-entity's chain;
+4. revocation of the end-entity and intermediate CAs from ``<hash>.r<N>`` CRLs,
+   checked here because OpenSSL's CRL checking is not switched on (it would not
+   refuse an out-of-date CRL the way sites expect);
+5. legacy proxies only: each proxy's signature, which OpenSSL cannot check (to it a
+   legacy proxy is an end-entity certificate issued by another end-entity);
+6. the site's :class:`ProxyPolicy` (limited proxies, per-level lifetimes).
+
+Who checks what. For RFC 3820 proxies the signatures are OpenSSL's alone (the Python
+check that repeated them is gone), as are rules Python never checked: the added RDN
+must be a CN, a proxy must not be a CA nor carry subject/issuer alternative names,
+its issuer's key usage must allow signing, no unknown critical extension. Step 2
+stays ours although OpenSSL repeats part of it: it names the exact fault (path length
+N, naming) before any signature is looked at. Legacy proxies (signatures, naming),
+limited proxies (a Globus policy language OpenSSL does not interpret), CRLs and
+per-level lifetimes are ours alone. When OpenSSL refuses inside the proxies, the
+Python signature check runs once more, only to say which proxy is not signed by which.
 """
 
 from __future__ import annotations
 
 import enum
-import glob
 import itertools
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from stat import S_ISDIR
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
-from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import crypto
 
+from credentials import ca_store, certbytes
 from credentials.chain_cache import (
     BoundedLRU,
     MiB,
@@ -40,9 +56,10 @@ from credentials.chain_cache import (
     VerdictCache,
     canonical_chain_key,
     chain_key,
+    stat_of,
     watch_files,
 )
-from credentials.dn import DNError, oid_to_dotted, oneline, read_tlv
+from credentials.dn import DNError, oid_to_dotted, read_tlv
 from credentials.errors import (
     Expired,
     LifetimeExceeded,
@@ -134,6 +151,8 @@ def _proxy_cert_info(value: bytes) -> tuple[int | None, str]:
 def proxy_info(cert: x509.Certificate, issuer: x509.Certificate | None) -> _ProxyInfo | None:
     """Describe ``cert`` as a proxy of ``issuer``, or None if it is not a proxy."""
     for oid in (OID_PROXY_CERT_INFO, OID_PROXY_CERT_INFO_GT3):
+        if not certbytes.may_carry(cert, oid):
+            continue
         try:
             ext = cert.extensions.get_extension_for_oid(oid)
         except x509.ExtensionNotFound:
@@ -142,12 +161,11 @@ def proxy_info(cert: x509.Certificate, issuer: x509.Certificate | None) -> _Prox
         raw = value.value if isinstance(value, x509.UnrecognizedExtension) else b""
         path_len, language = _parse_proxy_cert_info(raw)
         return _ProxyInfo(False, language == OID_POLICY_LIMITED, path_len)
-    if issuer is None or cert.issuer != issuer.subject:
+    if issuer is None or not certbytes.same_issuer(cert, issuer):
         return None
-    rdns = list(cert.subject.rdns)
-    if len(rdns) != len(issuer.subject.rdns) + 1 or x509.Name(rdns[:-1]) != issuer.subject:
+    if certbytes.extra_rdn(cert, issuer) is None:  # not the issuer's name plus one RDN
         return None
-    last = list(rdns[-1])
+    last = list(cert.subject.rdns[-1])
     if len(last) == 1 and last[0].oid == x509.NameOID.COMMON_NAME:
         limited = _LEGACY_CNS.get(str(last[0].value))
         if limited is not None:
@@ -184,7 +202,7 @@ def subject_hash(cert: x509.Certificate) -> str:
 
 
 def _describe(cert: x509.Certificate) -> str:
-    return oneline(cert.subject)
+    return certbytes.subject_line(cert)
 
 
 def _check_times(chain: Sequence[x509.Certificate], now: datetime) -> None:
@@ -221,120 +239,98 @@ _EXPIRED, _NOT_YET_VALID, _REVOKED = 10, 9, 23
 _PATH_LENGTH = 38  # X509_V_ERR_PROXY_PATH_LENGTH_EXCEEDED
 
 
+def _openssl_error(exc: crypto.X509StoreContextError) -> Exception:
+    code = exc.errors[0] if exc.errors else -1
+    depth = exc.errors[1] if len(exc.errors) > 1 else 0
+    who = _describe(exc.certificate.to_cryptography()) if exc.certificate else "?"
+    text = exc.errors[2] if len(exc.errors) > 2 else str(exc)
+    message = f"certificate {who} (depth {depth}): {text}"
+    if code == _EXPIRED:
+        return Expired(message)
+    if code == _NOT_YET_VALID:
+        return NotYetValid(message)
+    if code == _REVOKED:
+        return Revoked(message)
+    if code == _PATH_LENGTH:
+        return PathLengthExceeded(message)
+    if "proxy" in str(text).lower():
+        return NotAProxy(message)
+    return UntrustedIssuer(message)
+
+
 def _openssl_verify(
-    leaf: x509.Certificate,
-    untrusted: Sequence[x509.Certificate],
-    certdir: str,
+    chain: Sequence[x509.Certificate], start: int, ee_index: int, certdir: str,
     now: datetime,
-    allow_proxies: bool,
-) -> list[x509.Certificate]:
-    store = crypto.X509Store()
+) -> tuple[list[x509.Certificate], list[str]]:
+    """Verify ``chain[start:]`` once; (EE-to-root path, subject hashes of path[1:]).
+
+    ``start`` is 0 for an RFC 3820 chain (proxies verified by OpenSSL) and ``ee_index``
+    otherwise. A failure inside the proxies is explained by :func:`_check_signatures`.
+    """
+    ossl = [certbytes.to_openssl(c, keep=i >= ee_index) for i, c in enumerate(chain)
+            if i >= start]
     try:
-        store.load_locations(None, capath=certdir)  # type: ignore[arg-type]
-    except crypto.Error as exc:
-        raise UntrustedIssuer(f"CA directory {certdir} is unusable: {exc}") from None
-    if allow_proxies:
-        store.set_flags(crypto.X509StoreFlags.ALLOW_PROXY_CERTS)
-    store.set_time(now.replace(tzinfo=None))
-    ctx = crypto.X509StoreContext(
-        store,
-        crypto.X509.from_cryptography(leaf),
-        [crypto.X509.from_cryptography(c) for c in untrusted],
-    )
-    try:
-        verified = ctx.get_verified_chain()
+        verified, anchors = ca_store.verify(certdir, chain[start:], ossl, now)
     except crypto.X509StoreContextError as exc:
-        code = exc.errors[0] if exc.errors else -1
         depth = exc.errors[1] if len(exc.errors) > 1 else 0
-        who = _describe(exc.certificate.to_cryptography()) if exc.certificate else "?"
-        text = exc.errors[2] if len(exc.errors) > 2 else str(exc)
-        message = f"certificate {who} (depth {depth}): {text}"
-        if code == _EXPIRED:
-            raise Expired(message) from None
-        if code == _NOT_YET_VALID:
-            raise NotYetValid(message) from None
-        if code == _REVOKED:
-            raise Revoked(message) from None
-        if code == _PATH_LENGTH:
-            raise PathLengthExceeded(message) from None
-        if "proxy" in str(text).lower():
-            raise NotAProxy(message) from None
-        raise UntrustedIssuer(message) from None
-    return [c.to_cryptography() for c in verified]
+        if start + depth < ee_index:
+            _check_signatures(chain, ee_index)
+        raise _openssl_error(exc) from None
+    ee_at = ee_index - start
+    if len(verified) <= ee_at or crypto.dump_certificate(
+            crypto.FILETYPE_ASN1, verified[ee_at]) != certbytes.der(chain[ee_index]):
+        raise UntrustedIssuer(f"certificate {_describe(chain[ee_index])} is not on the "
+                              "path OpenSSL verified")  # never seen: fail closed
+    above = [anchors.certificate(c) for c in verified[ee_at + 1 :]]
+    return [chain[ee_index], *(c for c, _ in above)], [h for _, h in above]
 
 
 #: Parsed CRLs, one entry per CRL path: a rewritten file (new inode, mtime or size) replaces
 #: its entry. The paths come from the CA directory, so the count is the site's (an IGTF bundle
 #: has a few hundred CRLs); the bytes bound (PEM/DER as read) keeps a few very large CRLs from
-#: growing a worker without limit. Past either bound a CRL is simply read again.
+#: growing a worker without limit. Past either bound a CRL is simply read again. An entry
+#: also remembers which issuers' keys verified its signature, so that is checked once.
 CRL_CACHE_ENTRIES = 1024
 CRL_CACHE_BYTES = 128 * MiB
-_CrlState = tuple[int, int, int]  # inode, mtime_ns, size
-_crl_cache: BoundedLRU[str, tuple[_CrlState, x509.CertificateRevocationList]] = BoundedLRU(
-    CRL_CACHE_ENTRIES, CRL_CACHE_BYTES
-)
-
-
-def _crls_for(issuer: x509.Certificate, certdir: str) -> list[x509.CertificateRevocationList]:
-    crls = []
-    for path in sorted(glob.glob(os.path.join(certdir, subject_hash(issuer) + ".r[0-9]*"))):
-        try:
-            st = os.stat(path)
-            state = (st.st_ino, st.st_mtime_ns, st.st_size)
-            cached = _crl_cache.get(path)
-            if cached is not None and cached[0] == state:
-                crl = cached[1]
-            else:
-                with open(path, "rb") as fh:
-                    data = fh.read()
-                crl = (
-                    x509.load_pem_x509_crl(data)
-                    if b"-----BEGIN" in data
-                    else x509.load_der_x509_crl(data)
-                )
-                _crl_cache.put(path, (state, crl), len(data))
-        except (OSError, ValueError) as exc:
-            raise UntrustedIssuer(f"CRL {path} is unreadable: {exc}") from None
-        if crl.issuer == issuer.subject:
-            crls.append(crl)
-    return crls
+_crl_cache: BoundedLRU[str, ca_store.CrlEntry] = BoundedLRU(CRL_CACHE_ENTRIES, CRL_CACHE_BYTES)
 
 
 def _check_revocation(
-    path: Sequence[x509.Certificate], certdir: str, now: datetime
+    path: Sequence[x509.Certificate], hashes: Sequence[str], certdir: str, now: datetime
 ) -> datetime | None:
-    """``path`` is the verified EE-to-root chain; every non-root is checked.
+    """``path`` is the verified EE-to-root chain, ``hashes`` the subject hashes of
+    ``path[1:]``; every non-root is checked.
 
     Returns the earliest ``nextUpdate`` of the CRLs consulted (None: none has one).
     """
     earliest: datetime | None = None
-    for cert, issuer in itertools.pairwise(path):
-        for crl in _crls_for(issuer, certdir):
-            if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-                raise UntrustedIssuer(f"CRL of {_describe(issuer)} has a bad signature")
-            if crl.next_update_utc is not None and crl.next_update_utc < now:
+    for (cert, issuer), issuer_hash in zip(itertools.pairwise(path), hashes, strict=False):
+        for crl, revoked in ca_store.crls_for(issuer, issuer_hash, certdir, _crl_cache):
+            next_update = crl.next_update_utc
+            if next_update is not None and next_update < now:
                 raise UntrustedIssuer(
                     f"CRL of {_describe(issuer)} is out of date "
-                    f"(next update was {crl.next_update_utc:%Y-%m-%d %H:%M:%S}Z)"
+                    f"(next update was {next_update:%Y-%m-%d %H:%M:%S}Z)"
                 )
-            if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+            if cert.serial_number in revoked:
                 raise Revoked(f"certificate {_describe(cert)} is revoked by its CA")
-            if crl.next_update_utc is not None:
-                earliest = min(earliest or crl.next_update_utc, crl.next_update_utc)
+            if next_update is not None:
+                earliest = min(earliest or next_update, next_update)
     return earliest
 
 
 def _check_proxy_levels(chain: Sequence[x509.Certificate], ee_index: int) -> list[_ProxyInfo]:
+    """Each level's proxy structure (no signatures): a proxy of the certificate above it,
+    named after it, within the path lengths above it."""
     infos: list[_ProxyInfo] = []
     for level in range(ee_index - 1, -1, -1):  # from the proxy the EE signed, down to the leaf
         cert, issuer = chain[level], chain[level + 1]
         info = proxy_info(cert, issuer)
         if info is None:
             raise NotAProxy(f"certificate {_describe(cert)} is not a proxy of its issuer")
-        if cert.issuer != issuer.subject or not _signed_by(cert, issuer):
+        if not certbytes.same_issuer(cert, issuer):
             raise UntrustedIssuer(f"proxy {_describe(cert)} is not signed by {_describe(issuer)}")
-        rdns = list(cert.subject.rdns)
-        if x509.Name(rdns[:-1]) != issuer.subject or len(list(rdns[-1])) != 1:
+        if certbytes.extra_rdn(cert, issuer) != 1:
             raise NotAProxy(f"proxy {_describe(cert)} is not named after its issuer")
         infos.append(info)
         # A proxy with pCPathLenConstraint N may have at most N proxies below it.
@@ -344,6 +340,14 @@ def _check_proxy_levels(chain: Sequence[x509.Certificate], ee_index: int) -> lis
                 f"the chain has {level}"
             )
     return infos
+
+
+def _check_signatures(chain: Sequence[x509.Certificate], ee_index: int) -> None:
+    """Each proxy is signed by the certificate above it (legacy proxies: OpenSSL cannot)."""
+    for level in range(ee_index - 1, -1, -1):
+        cert, issuer = chain[level], chain[level + 1]
+        if not _signed_by(cert, issuer):
+            raise UntrustedIssuer(f"proxy {_describe(cert)} is not signed by {_describe(issuer)}")
 
 
 def _check_policy(
@@ -383,7 +387,8 @@ def verify_chain(
     certificates, CRLs and CA files are unchanged and ``now`` is inside their
     validity (see :mod:`credentials.chain_cache`); the policy is applied every time.
     """
-    if not os.path.isdir(certdir):
+    st = stat_of(certdir)
+    if st is None or not S_ISDIR(st.st_mode):
         raise UntrustedIssuer(f"CA directory {certdir} does not exist")
     if policy.only_lifetime_checks:
         found = (proxy_info(chain[i], chain[i + 1]) for i in range(ee_index))
@@ -402,21 +407,22 @@ def _verify_in_full(
     chain: Sequence[x509.Certificate], ee_index: int, certdir: str, now: datetime
 ) -> Verdict:
     _check_times(chain[: ee_index + 1], now)
-    path = _openssl_verify(chain[ee_index], chain[ee_index + 1 :], certdir, now,
-                           allow_proxies=False)
-    crl_due = _check_revocation(path, certdir, now)
     infos = _check_proxy_levels(chain, ee_index)
-    if infos and not any(i.legacy for i in infos):
-        _openssl_verify(chain[0], chain[1:], certdir, now, allow_proxies=True)
+    legacy = any(i.legacy for i in infos)
+    start = 0 if infos and not legacy else ee_index
+    path, hashes = _openssl_verify(chain, start, ee_index, certdir, now)
+    crl_due = _check_revocation(path, hashes, certdir, now)
+    if legacy:
+        _check_signatures(chain, ee_index)
     involved = [*chain[: ee_index + 1], *path]
     not_after = min(c.not_valid_after_utc for c in involved)
     # the cache key: what was verified (path[0] is the EE, path[-1] the trust anchor)
-    intermediates = tuple(c.public_bytes(Encoding.DER) for c in path[1:-1])
+    intermediates = tuple(certbytes.der(c) for c in path[1:-1])
     return Verdict(
         not_before=max(c.not_valid_before_utc for c in involved),
         not_after=min(not_after, crl_due) if crl_due is not None else not_after,
         limited=any(i.limited for i in infos),
-        files=watch_files(certdir, (subject_hash(c) for c in path[1:])),
+        files=watch_files(certdir, hashes),
         key=canonical_chain_key(chain[: ee_index + 1], intermediates, ee_index, certdir),
         intermediates=intermediates,
     )

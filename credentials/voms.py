@@ -8,30 +8,32 @@ vomsdir exactly as the C VOMS library arranges it: ``<vo>/<host>.lsc``
 lists the expected subject/issuer DN chain of the signer, or a plain
 certificate file in ``<vo>/`` or the vomsdir root is the signer itself.
 
-Decoding ACs with pyasn1 costs milliseconds, so results are cached by the
-extension's bytes; verification (signature, holder, time) runs every call.
+The ACs are read by :mod:`credentials.voms_ac` (a DER walker over the extension's
+bytes) and the parse is cached by those bytes; verification (holder, time, signer,
+signature) runs every call. The vomsdir is read through caches that ``stat`` what
+they rest on every call: an ``.lsc`` file is parsed again when its (inode, size,
+mtime) changes, a directory is listed again when its own state changes
+(:func:`~credentials.chain_cache.dir_listing`), a certificate file is loaded again
+when it changes. An edited, added or removed vomsdir file counts from the next query.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
+from stat import S_ISREG
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from pyasn1.codec.der import decoder, encoder
-from pyasn1.error import PyAsn1Error
-from pyasn1.type import univ
-from pyasn1_modules import rfc5755
 
-from credentials import proxy_chain
-from credentials.dn import oneline, oneline_from_der, read_tlv
+from credentials import certbytes, proxy_chain, voms_ac
+from credentials.chain_cache import FileState, dir_listing, settled, stat_of
 from credentials.errors import (
     ACExpired,
     ACHolderMismatch,
@@ -41,12 +43,16 @@ from credentials.errors import (
     ACUntrusted,
     CredentialError,
 )
+from credentials.lru import BoundedLRU, MiB
+from credentials.voms_ac import decode_ac, split_acs
 
 __all__ = ["VomsAttributes", "parse_attributes", "verified_attributes"]
 
+T = TypeVar("T")
+
 OID_VOMS_ACSEQ = x509.ObjectIdentifier("1.3.6.1.4.1.8005.100.100.5")
-OID_FQAN = univ.ObjectIdentifier("1.3.6.1.4.1.8005.100.100.4")
-OID_AC_CERTS = univ.ObjectIdentifier("1.3.6.1.4.1.8005.100.100.10")
+OID_FQAN = voms_ac.OID_FQAN  # dotted strings
+OID_AC_CERTS = voms_ac.OID_AC_CERTS
 
 _SIG_HASHES: dict[str, hashes.HashAlgorithm] = {
     "1.2.840.113549.1.1.5": hashes.SHA1(),
@@ -85,126 +91,46 @@ class _ParsedAC:
     certs: tuple[x509.Certificate, ...]
 
 
-def _general_name_dn(names: univ.SequenceOf) -> str:
-    for gn in names:
-        if gn.getName() == "directoryName":
-            return oneline_from_der(encoder.encode(gn["directoryName"]["rdnSequence"]))
-    return ""
+#: the VOMS servers' certificates embedded in ACs, by DER: the same few come back in every
+#: AC, and a kept object keeps its decoded public key and its place in the chain cache
+_embedded_certs: BoundedLRU[bytes, x509.Certificate] = BoundedLRU(256, 4 * MiB)
 
 
-def _time(value: univ.Any) -> datetime:
-    return value.asDateTime.astimezone(UTC)
+def _embedded(der: bytes) -> x509.Certificate:
+    cert = _embedded_certs.get(der)
+    if cert is None:
+        cert = x509.load_der_x509_certificate(der)
+        certbytes.remember(cert, der)
+        _embedded_certs.put(der, cert, 2 * len(der) + 1024)
+    return cert
 
 
-def _fqans(attributes: univ.SequenceOf) -> tuple[str, tuple[str, ...]]:
-    for attribute in attributes:
-        if attribute["type"] != OID_FQAN:
-            continue
-        for raw in attribute["values"]:
-            syntax, _ = decoder.decode(bytes(raw), asn1Spec=rfc5755.IetfAttrSyntax())
-            authority = ""
-            if syntax["policyAuthority"].isValue:
-                for gn in syntax["policyAuthority"]:
-                    if gn.getName() == "uniformResourceIdentifier":
-                        authority = str(gn["uniformResourceIdentifier"])
-            values = []
-            for choice in syntax["values"]:
-                kind = choice.getName()
-                item = choice[kind]
-                values.append(bytes(item).decode("utf-8", "replace") if kind == "octets"
-                              else str(item))
-            return authority, tuple(values)
-    raise ACMalformed("VOMS AC has no FQAN attribute")
-
-
-def _embedded_certs(info: univ.Sequence) -> tuple[x509.Certificate, ...]:
-    if not info["extensions"].isValue:
-        return ()
-    for ext in info["extensions"]:
-        if ext["extnID"] == OID_AC_CERTS:
-            return _split_certs(bytes(ext["extnValue"]))
-    return ()
-
-
-def _is_certificate(value: bytes, pos: int) -> bool:
-    """A Certificate is SEQUENCE { tbsCertificate SEQUENCE { [0] version | serial ...} ...}."""
-    tag, body, _ = read_tlv(value, pos)
-    if tag != 0x30:
-        return False
-    tbs_tag, tbs_body, _ = read_tlv(value, body)
-    return tbs_tag == 0x30 and value[tbs_body] in (0xA0, 0x02)
-
-
-def _split_certs(value: bytes) -> tuple[x509.Certificate, ...]:
-    """VOMS writes SEQUENCE { SEQUENCE OF Certificate }; accept the bare list too."""
-    _, pos, end = read_tlv(value, 0)
-    if pos < end and not _is_certificate(value, pos):
-        _, pos, end = read_tlv(value, pos)  # step into the nested list
-    certs = []
-    while pos < end:
-        _, _, stop = read_tlv(value, pos)
-        certs.append(x509.load_der_x509_certificate(value[pos:stop]))
-        pos = stop
-    return tuple(certs)
-
-
-def _parse_one(ac: univ.Sequence, raw_ac: bytes) -> _ParsedAC:
-    info = ac["acinfo"]
-    _, body, _ = read_tlv(raw_ac, 0)
-    _, _, stop = read_tlv(raw_ac, body)
-    acinfo_der = raw_ac[body:stop]  # the signed bytes exactly as the VOMS server wrote them
-    authority, fqans = _fqans(info["attributes"])
-    vo, sep, hostport = authority.partition("://")
+def _parse_one(raw_ac: bytes) -> _ParsedAC:
+    fields = decode_ac(raw_ac)
+    vo, sep, hostport = fields.authority.partition("://")
     if not sep or not vo:
-        raise ACMalformed(f"VOMS AC policy authority {authority!r} is not vo://host:port")
-    issuer = info["issuer"]
-    issuer_names = issuer["v2Form"]["issuerName"] if issuer.getName() == "v2Form" \
-        else issuer["v1Form"]
-    holder = info["holder"]
-    holder_issuer, holder_serial = "", None
-    if holder["baseCertificateID"].isValue:
-        holder_issuer = _general_name_dn(holder["baseCertificateID"]["issuer"])
-        holder_serial = int(holder["baseCertificateID"]["serial"])
-    certs = _embedded_certs(info)
-    period = info["attrCertValidityPeriod"]
+        raise ACMalformed(f"VOMS AC policy authority {fields.authority!r} is not vo://host:port")
+    certs = tuple(_embedded(der) for der in fields.certs_der)
     attrs = VomsAttributes(
         vo=vo,
-        fqans=fqans,
-        not_before=_time(period["notBeforeTime"]),
-        not_after=_time(period["notAfterTime"]),
-        server_subject=_general_name_dn(issuer_names),
-        server_issuer=oneline(certs[0].issuer) if certs else "",
+        fqans=fields.fqans,
+        not_before=fields.not_before,
+        not_after=fields.not_after,
+        server_subject=fields.issuer,
+        server_issuer=certbytes.issuer_line(certs[0]) if certs else "",
         uri=hostport,
-        serial=int(info["serialNumber"]),
+        serial=fields.serial,
     )
     return _ParsedAC(
         attrs=attrs,
         host=hostport.rsplit(":", 1)[0],
-        acinfo_der=acinfo_der,
-        signature=ac["signatureValue"].asOctets(),
-        sig_oid=str(ac["signatureAlgorithm"]["algorithm"]),
-        holder_issuer=holder_issuer,
-        holder_serial=holder_serial,
+        acinfo_der=fields.acinfo_der,
+        signature=fields.signature,
+        sig_oid=fields.sig_oid,
+        holder_issuer=fields.holder_issuer,
+        holder_serial=fields.holder_serial,
         certs=certs,
     )
-
-
-def _raw_acs(value: bytes) -> list[bytes]:
-    """Split SEQUENCE OF SEQUENCE OF AC into each AC's original DER."""
-    tag, pos, end = read_tlv(value, 0)
-    if tag != 0x30 or end != len(value):
-        raise ACMalformed("VOMS extension is not one SEQUENCE")
-    found = []
-    while pos < end:
-        tag, inner, inner_end = read_tlv(value, pos)
-        if tag != 0x30:
-            raise ACMalformed("VOMS extension holds a non-SEQUENCE")
-        while inner < inner_end:
-            _, _, ac_end = read_tlv(value, inner)
-            found.append(value[inner:ac_end])
-            inner = ac_end
-        pos = inner_end
-    return found
 
 
 #: VOMS extensions up to this size are remembered (a real one is 2-8 KiB); larger ones,
@@ -226,20 +152,18 @@ def _parse_extension_cached(value: bytes) -> tuple[_ParsedAC, ...]:
 
 def _parse_extension_now(value: bytes) -> tuple[_ParsedAC, ...]:
     try:
-        parsed = []
-        for raw_ac in _raw_acs(value):
-            ac, rest = decoder.decode(raw_ac, asn1Spec=rfc5755.AttributeCertificate())
-            if rest:
-                raise ACMalformed("trailing bytes after a VOMS AC")
-            parsed.append(_parse_one(ac, raw_ac))
-        return tuple(parsed)
-    except (PyAsn1Error, ValueError, KeyError) as exc:
+        return tuple(_parse_one(raw_ac) for raw_ac in split_acs(value))
+    except ACMalformed:
+        raise
+    except ValueError as exc:  # an embedded certificate cryptography cannot read
         raise ACMalformed(f"VOMS extension cannot be decoded: {exc}".splitlines()[0]) from None
 
 
 def _find_acs(chain: Sequence[x509.Certificate]) -> tuple[_ParsedAC, ...]:
     """The ACs of the proxy nearest the leaf that carries any (as the VOMS library does)."""
     for cert in chain:
+        if not certbytes.may_carry(cert, OID_VOMS_ACSEQ):
+            continue
         try:
             ext = cert.extensions.get_extension_for_oid(OID_VOMS_ACSEQ)
         except x509.ExtensionNotFound:
@@ -272,7 +196,23 @@ def _signature_ok(parsed: _ParsedAC, cert: x509.Certificate) -> bool:
     return True
 
 
-def _lsc_chains(path: str) -> list[list[str]]:
+def _regular(path: str) -> FileState | None:
+    """The state of ``path`` if it is a regular file (one ``stat``), else None."""
+    st = stat_of(path)
+    if st is None or not S_ISREG(st.st_mode):
+        return None
+    return (path, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _cached(load: Callable[[str, FileState], T], path: str, state: FileState) -> T:
+    """``load(path, state)``, from its cache only once the file has settled (a file
+    changed within the current mtime tick could change again unseen)."""
+    return load(path, state) if settled(state) else load.__wrapped__(path, state)  # type: ignore[attr-defined]
+
+
+@lru_cache(maxsize=256)
+def _lsc_chains(path: str, state: FileState) -> tuple[tuple[str, ...], ...]:
+    """The DN chains an ``.lsc`` file lists; cached by its (inode, size, mtime)."""
     chains: list[list[str]] = [[]]
     with open(path, encoding="utf-8", errors="surrogateescape") as fh:
         for line in fh:
@@ -283,42 +223,67 @@ def _lsc_chains(path: str) -> list[list[str]]:
                 chains.append([])
                 continue
             chains[-1].append(line)
-    return [c for c in chains if c]
+    return tuple(tuple(c) for c in chains if c)
 
 
 @lru_cache(maxsize=256)
-def _load_cert_file(path: str, mtime_ns: int) -> tuple[x509.Certificate, ...]:
+def _load_cert_file(path: str, state: FileState) -> tuple[x509.Certificate, ...]:
     with open(path, "rb") as fh:
         return tuple(x509.load_pem_x509_certificates(fh.read()))
+
+
+def _candidates(vomsdir: str, vo: str) -> list[str]:
+    """Certificate files that may vouch for a VO's server: ``<vo>/*`` (not ``.lsc``), then
+    the regular files of the vomsdir root, each sorted."""
+    out: list[str] = []
+    vo_dir = os.path.join(vomsdir, vo)
+    listing = dir_listing(vo_dir)
+    if listing is not None:  # as glob("*") lists them: no dot files
+        out.extend(os.path.join(vo_dir, n) for n in listing.names if n[0] != ".")
+    root = dir_listing(vomsdir)
+    if root is not None:
+        out.extend(os.path.join(vomsdir, n) for n in root.names
+                   if n in root.files and n[0] != ".")
+    return [p for p in out if not p.endswith(".lsc")]
+
+
+def _lsc_signer(parsed: _ParsedAC, lsc: str, state: FileState, certdir: str,
+                now: datetime) -> x509.Certificate:
+    vo = parsed.attrs.vo
+    if not parsed.certs:
+        raise ACUntrusted(f"VOMS AC for {vo} embeds no certificate to match {lsc}")
+    dns = (certbytes.subject_line(parsed.certs[0]),
+           *(certbytes.issuer_line(c) for c in parsed.certs))
+    try:
+        listed = _cached(_lsc_chains, lsc, state)
+    except OSError as exc:
+        raise ACUntrusted(f"{lsc} is unreadable: {exc.strerror}") from None
+    if not any(dns[: len(chain)] == chain for chain in listed):
+        raise ACUntrusted(f"VOMS server {dns[0]} does not match {lsc}")
+    try:
+        proxy_chain.verify_chain(parsed.certs, 0, certdir, now=now,
+                                 policy=proxy_chain.ProxyPolicy())
+    except CredentialError as exc:
+        raise ACUntrusted(f"VOMS server certificate not trusted: {exc.reason}") from None
+    return parsed.certs[0]
 
 
 def _signer(parsed: _ParsedAC, vomsdir: str, certdir: str, now: datetime) -> x509.Certificate:
     vo, host = parsed.attrs.vo, parsed.host
     lsc = os.path.join(vomsdir, vo, host + ".lsc")
-    if os.path.isfile(lsc):
-        if not parsed.certs:
-            raise ACUntrusted(f"VOMS AC for {vo} embeds no certificate to match {lsc}")
-        dns = [oneline(parsed.certs[0].subject)] + [oneline(c.issuer) for c in parsed.certs]
-        if not any(dns[: len(chain)] == chain for chain in _lsc_chains(lsc)):
-            raise ACUntrusted(f"VOMS server {dns[0]} does not match {lsc}")
-        try:
-            proxy_chain.verify_chain(parsed.certs, 0, certdir, now=now,
-                                     policy=proxy_chain.ProxyPolicy())
-        except CredentialError as exc:
-            raise ACUntrusted(f"VOMS server certificate not trusted: {exc.reason}") from None
-        return parsed.certs[0]
-    candidates = sorted(glob.glob(os.path.join(vomsdir, vo, "*"))) + sorted(
-        p for p in glob.glob(os.path.join(vomsdir, "*")) if os.path.isfile(p)
-    )
-    for path in candidates:
-        if path.endswith(".lsc"):
+    lsc_state = _regular(lsc)
+    if lsc_state is not None:
+        return _lsc_signer(parsed, lsc, lsc_state, certdir, now)
+    for path in _candidates(vomsdir, vo):
+        state = _regular(path)
+        if state is None:
             continue
         try:
-            certs = _load_cert_file(path, os.stat(path).st_mtime_ns)
+            certs = _cached(_load_cert_file, path, state)
         except (OSError, ValueError):
             continue
         for cert in certs:
-            named = oneline(cert.subject) == parsed.attrs.server_subject
+            named = certbytes.subject_line(cert) == parsed.attrs.server_subject
             if named and _signature_ok(parsed, cert):
                 if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
                     raise ACUntrusted(f"VOMS server certificate {path} is outside its validity")
@@ -340,12 +305,12 @@ def verified_attributes(
     """Verify every AC in the proxy; any bad AC fails the whole credential (as C LCMAPS does)."""
     parsed_acs = _find_acs(chain[:ee_index])
     ee = chain[ee_index]
-    ee_issuer = oneline(ee.issuer)
+    ee_issuer = certbytes.issuer_line(ee)
     for parsed in parsed_acs:
         attrs = parsed.attrs
         # The C VOMS library accepts the EE's subject or issuer in the holder's
         # issuer field (voms-proxy-fake writes the subject); the serial must match.
-        holder_names = (ee_issuer, oneline(ee.subject))
+        holder_names = (ee_issuer, certbytes.subject_line(ee))
         if parsed.holder_serial != ee.serial_number or parsed.holder_issuer not in holder_names:
             raise ACHolderMismatch(
                 f"VOMS AC for {attrs.vo} was issued to another certificate "
@@ -362,7 +327,7 @@ def verified_attributes(
         signer = _signer(parsed, vomsdir, certdir, now)
         if not _signature_ok(parsed, signer):
             raise ACSignatureInvalid(
-                f"VOMS AC for {attrs.vo} is not signed by {oneline(signer.subject)}"
+                f"VOMS AC for {attrs.vo} is not signed by {certbytes.subject_line(signer)}"
             )
     return tuple(p.attrs for p in parsed_acs)
 

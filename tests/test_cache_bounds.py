@@ -359,3 +359,33 @@ def test_intermediates_are_part_of_the_key_junk_and_lookalikes_are_not(own: Test
         for variant in (bare + _pem(sub) + extra, bare + extra + _pem(sub)):
             assert cache.verify(variant) is first
     assert len(cache) == 1
+
+
+# -- (f) what the cold path keeps: certificate facts, AC signers, CA stores, listings ---------
+
+
+def test_cold_path_memos_are_bounded(tmp_path: os.PathLike[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream of fresh proxies (each one new bytes) fills the per-certificate facts, the
+    parsed AC signers, the CA stores and the directory listings only up to their bounds."""
+    from credentials import ca_store, certbytes, chain_cache, voms
+    from credentials.lru import BoundedLRU as LRU
+
+    facts: LRU[x509.Certificate, object] = LRU(5, 1 << 30)
+    signers: LRU[bytes, x509.Certificate] = LRU(1, 1 << 30)
+    stores: LRU[str, object] = LRU(2, 1 << 30)
+    listings: LRU[str, object] = LRU(3, 1 << 30)
+    monkeypatch.setattr(certbytes, "_by_content", facts)
+    monkeypatch.setattr(certbytes, "_by_id", certbytes._ById(7))
+    monkeypatch.setattr(voms, "_embedded_certs", signers)
+    monkeypatch.setattr(ca_store, "_anchors", stores)
+    monkeypatch.setattr(chain_cache, "_listings", listings)
+    for name in ("a", "b", "c"):  # three sites: three CA directories and vomsdirs
+        pki = TestPKI(os.path.join(os.fspath(tmp_path), name), reuse_keys=True)
+        user = pki.user("t", DN)
+        cache = CredentialCache(TrustStore(pki.certdir, pki.vomsdir))
+        for _ in range(4):
+            assert cache.verify(_chain_pem(pki.proxy(user, fqans=FQANS))).fqans == FQANS
+            assert len(facts) <= 5 and len(certbytes._by_id.items) <= 7
+            assert len(signers) <= 1 and len(stores) <= 2 and len(listings) <= 3
+    assert len(facts) == 5 and len(stores) == 2  # they were used, up to the bound
