@@ -97,7 +97,8 @@ def _status(line: bytes) -> tuple[str, int, str]:
     text = line.decode("iso-8859-1").rstrip("\r\n")
     version, _, rest = text.partition(" ")
     code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+    if not version.startswith("HTTP/1.") or len(code) != 3 or not (code.isascii()
+                                                                    and code.isdigit()):
         raise ReplyError(f"not an HTTP reply: status line {text[:80]!r}")
     return version, int(code), reason.strip()
 
@@ -144,10 +145,8 @@ def _chunked(reader: _Reader, limit: int) -> bytes:
     while True:
         line = reader.line("a chunk size line")
         size_text = line.split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            size = -1
+        hex_only = bool(size_text) and all(c in b"0123456789abcdefABCDEF" for c in size_text)
+        size = int(size_text, 16) if hex_only and len(size_text) <= 16 else -1
         if size < 0 or not line.endswith(b"\n") or size_text.startswith((b"-", b"+", b"0x")):
             raise ReplyError(f"bad chunk size line {line[:40]!r}")
         if size == 0:

@@ -96,10 +96,33 @@ def running_master(pidfile: str | None) -> int | None:
     if pid is None or pid <= 1 or not process_alive(pid):
         return None
     status = read_status(pidfile)
-    if status is None or status.get("pid") != pid:
-        raise AdminError(f"{pidfile}: pid {pid} is running but {pidfile}.status does not "
-                         "name it; not signalling a process that may not be scas-server")
+    if status is None or status.get("pid") != pid or not _is_that_master(pid, status):
+        raise AdminError(f"{pidfile}: pid {pid} is running but is not the scas-server master "
+                         f"{pidfile}.status describes; not signalling it")
     return pid
+
+
+def _is_that_master(pid: int, status: dict[str, Any]) -> bool:
+    """The process is a scas-server started before the status file's last write.
+
+    After a crash the pid in both files can be reused by another process (one started
+    later), and whoever runs the server could write both files naming any pid: SIGHUP
+    kills most programs, so root checks the process itself.
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read()
+    except OSError:
+        return False
+    if b"scas-server" not in cmdline:
+        return False
+    st = _stat(pid)
+    last = status.get("last") if isinstance(status.get("last"), dict) else {}
+    written = last.get("at") if isinstance(last, dict) else None
+    if st is None or not isinstance(written, int | float) or written > time.time() + 1:
+        return False
+    started = time.time() - (_ticks_now() - st[1]) / os.sysconf("SC_CLK_TCK")
+    return started <= written + 1
 
 
 def _ticks_now() -> int:

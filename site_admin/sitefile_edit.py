@@ -65,9 +65,12 @@ def locked(paths: Sequence[str], timeout: float = LOCK_TIMEOUT) -> Iterator[None
 def _lock_one(path: str, timeout: float) -> Iterator[None]:
     name = lock_path(path)
     try:
-        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise AdminError(f"{name}: cannot open the lock file: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # root never locks (or creates) through a link
+        os.close(fd)
+        raise AdminError(f"{name}: the lock file is not a regular file")
     try:
         deadline = time.monotonic() + timeout
         while True:

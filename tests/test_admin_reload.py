@@ -213,3 +213,36 @@ def test_admin_edit_while_the_server_is_stopped_stays_written(
         assert decide(site, again).decision == "Deny"
     finally:
         again.stop()
+
+
+def test_admin_never_signals_a_process_the_status_file_names_but_is_no_scas_server(
+    live: tuple[AdminSite, Server],
+) -> None:
+    """A crash leaves the pidfile and <pidfile>.status naming a pid the kernel may reuse, and
+    whoever runs the server can write both: root checks the process before SIGHUP."""
+    site, _ = live
+    stranger = subprocess.Popen(["sleep", "60"])
+    pidfile = str(site.path("scas.pid"))
+    saved = {}
+    for path in (pidfile, pidfile + ".status"):
+        with open(path) as fh:
+            saved[path] = fh.read()
+    try:
+        status = json.loads(saved[pidfile + ".status"])
+        status["pid"] = stranger.pid
+        with open(pidfile, "w") as fh:
+            fh.write(f"{stranger.pid}\n")
+        with open(pidfile + ".status", "w") as fh:
+            json.dump(status, fh)
+        proc = subprocess.run([SCAS_ADMIN, "ban", "--dn", USER_DN, "--config",
+                               site.config_path], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert "not the scas-server master" in proc.stderr
+        assert stranger.poll() is None  # not signalled
+        assert USER_DN not in site.path("ban_dn.db").read_text()  # nothing written
+    finally:
+        stranger.kill()
+        stranger.wait()
+        for path, text in saved.items():
+            with open(path, "w") as fh:
+                fh.write(text)

@@ -164,6 +164,9 @@ def test_http_reply_that_ends_the_connection_is_not_reused(
 BAD = {
     "not-http": (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "status line"),
     "bad-status": (b"HTTP/1.1 2000 OK\r\n\r\n", "status line"),
+    "superscript-digit": ("HTTP/1.1 2\u00b20 OK\r\n\r\n".encode("latin-1"), "status line"),
+    "chunk-underscore": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1_0\r\n"
+                         + b"x" * 16 + b"\r\n0\r\n\r\n", "chunk size"),
     "no-colon": (b"HTTP/1.1 200 OK\r\nContent-Length 5\r\n\r\nhello", "malformed header"),
     "long-line": (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 9000 + b"\r\n\r\n", "longer than 8192"),
     "many-headers": (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"\r\n", "more than 100"),

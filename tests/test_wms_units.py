@@ -304,3 +304,39 @@ def test_store_keeps_final_states_and_survives_reopening(tmp_path: Path) -> None
     again = Store(path).job("j1")
     assert again is not None and (again.state, again.slurm_id) == ("Cleared", "7")
     assert [e[1] for e in Store(path).events("j1")] == ["Waiting", "Ready", "Done", "Cleared"]
+
+
+def _tar_of(members: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_output_extraction_refuses_before_writing_anything(tmp_path: Path) -> None:
+    """A name twice, a name that is also a directory, and a symlinked directory already in
+    the destination are each refused with one line, and nothing is written."""
+    twice = io.BytesIO()
+    with tarfile.open(fileobj=twice, mode="w") as tar:
+        for _ in range(2):
+            info = tarfile.TarInfo("out.txt")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    dest = tmp_path / "d1"
+    with pytest.raises(sandbox.SandboxError, match="twice"):
+        sandbox.extract_output(twice.getvalue(), str(dest))
+    assert not dest.exists()
+    with pytest.raises(sandbox.SandboxError, match="a file and a directory"):
+        sandbox.extract_output(_tar_of({"a": b"1", "a/b": b"2"}), str(tmp_path / "d2"))
+    assert not (tmp_path / "d2").exists()
+    dest = tmp_path / "d3"
+    dest.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (dest / "sub").symlink_to(elsewhere)
+    with pytest.raises(sandbox.SandboxError, match="symbolic link"):
+        sandbox.extract_output(_tar_of({"sub/f": b"data"}), str(dest))
+    assert list(elsewhere.iterdir()) == []

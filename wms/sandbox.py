@@ -250,11 +250,11 @@ def extract_output(data: bytes, dest: str) -> list[str]:
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             members = [m for m in tar.getmembers() if not m.isdir()]
+            names = {m.name for m in members}
             for m in members:
                 if not plain_relative(m.name) or not m.isreg():
                     raise SandboxError(f"output: {one_line(m.name, 80)!r}: refused")
-                if os.path.lexists(os.path.join(dest, m.name)):
-                    raise SandboxError(f"{os.path.join(dest, m.name)}: already exists")
+                _check_new(dest, m.name, names, len(members))
             os.makedirs(dest, exist_ok=True)
             written = []
             for m in members:
@@ -263,6 +263,24 @@ def extract_output(data: bytes, dest: str) -> list[str]:
             return written
     except tarfile.TarError as exc:
         raise SandboxError(f"output: not a readable tar stream ({exc})") from None
+    except OSError as exc:
+        raise SandboxError(f"output: {exc.filename or dest}: {exc.strerror}") from None
+
+
+def _check_new(dest: str, name: str, names: set[str], count: int) -> None:
+    """Before anything is written: no name twice, none also a directory of another, none
+    there already, and no existing component of its path (inside ``dest``) a symlink."""
+    if len(names) != count:
+        raise SandboxError("output: the same name twice in the stream")
+    parts = name.split("/")
+    for i in range(1, len(parts)):
+        prefix = "/".join(parts[:i])
+        if prefix in names:
+            raise SandboxError(f"output: {one_line(prefix, 80)!r} is a file and a directory")
+        if os.path.islink(os.path.join(dest, prefix)):
+            raise SandboxError(f"{os.path.join(dest, prefix)}: a symbolic link; not followed")
+    if os.path.lexists(os.path.join(dest, name)):
+        raise SandboxError(f"{os.path.join(dest, name)}: already exists")
 
 
 def _write_new(dest: str, name: str, src: IO[bytes] | None) -> None:
