@@ -160,9 +160,9 @@ class CE:
 
     # -- following jobs --------------------------------------------------------------
 
-    def _slurm_states(self) -> dict[str, dict[str, str]] | None:
+    def _slurm_states(self, fresh: bool = False) -> dict[str, dict[str, str]] | None:
         at, cached = self._states_cache
-        if cached is not None and self.clock() - at < 1.0:
+        if cached is not None and self.clock() - at < 1.0 and not fresh:
             return cached
         found = self.batch.states()
         self._states_cache = (self.clock(), found)
@@ -176,6 +176,11 @@ class CE:
         if known is None:
             return rec  # slurmctld did not answer: show the last known state
         fields = known.get(rec.slurm_id)
+        if fields is None:  # the cached listing may predate this job: never conclude from it
+            known = self._slurm_states(fresh=True)
+            if known is None:
+                return rec
+            fields = known.get(rec.slurm_id)
         if fields is not None:
             new = states.from_slurm(fields, batchmod.exit_record(rec.workdir))
         else:
