@@ -18,6 +18,7 @@ Every check takes ``now=`` so tests never depend on the wall clock.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -149,14 +150,25 @@ def load_pem(data: bytes | str, *, source: str = "PEM data") -> Credential:
     )
 
 
-def load_proxy_file(path: str | os.PathLike[str]) -> Credential:
-    """Read a proxy file (``X509_USER_PROXY`` style: cert, key, chain)."""
+def load_proxy_file(path: str | os.PathLike[str], *, with_key: bool = True) -> Credential:
+    """Read a proxy file (``X509_USER_PROXY`` style: cert, key, chain).
+
+    ``with_key=False`` leaves the private key unread, as C LCAS/LCMAPS do: mapping needs the
+    certificates only, and loading an RSA key costs the one-shot commands 50-100 ms.
+    """
     try:
         with open(path, "rb") as fh:
             data = fh.read(MAX_PEM_BYTES + 1)
     except OSError as exc:
         raise MalformedCredential(f"{os.fspath(path)}: cannot read ({exc.strerror})") from None
+    if not with_key:
+        data = _KEY_BLOCK.sub(b"", data)
     return load_pem(data, source=os.fspath(path))
+
+
+#: a private key block of any kind (``RSA PRIVATE KEY``, ``PRIVATE KEY``, ``EC ...``)
+_KEY_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----",
+                        re.DOTALL)
 
 
 def _load_key(data: bytes, source: str) -> PrivateKeyTypes | None:

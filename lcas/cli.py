@@ -29,21 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from lcas.plugin_api import LcasUnavailable, Verdict
 from safetext import one_line
-
-if TYPE_CHECKING:
-    from credentials.credential import Credential
-
-#: a private key block of any kind (``RSA PRIVATE KEY``, ``PRIVATE KEY``, ``EC ...``)
-_KEY_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----",
-                        re.DOTALL)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,22 +71,6 @@ def _error(message: str, as_json: bool) -> int:
         sys.stdout.write(json.dumps({"decision": "error", "reason": message}) + "\n")
     print(f"lcas-run: {message}", file=sys.stderr)
     return 2
-
-
-def load_certificates(path: str) -> Credential:
-    """The proxy file's certificate chain, its private key left unread (until credentials
-    offers that itself: lcas may not import lcmaps, whose ``lcmaps-run`` does the same).
-
-    Raises :class:`~credentials.errors.CredentialError` as ``load_proxy_file`` does."""
-    from credentials.credential import MAX_PEM_BYTES, load_pem
-    from credentials.errors import MalformedCredential
-
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_PEM_BYTES + 1)
-    except OSError as exc:
-        raise MalformedCredential(f"{path}: cannot read ({exc.strerror})") from None
-    return load_pem(_KEY_BLOCK.sub(b"", data), source=path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,7 +110,7 @@ def _run(argv: Sequence[str] | None) -> int:
         credential = None
         dn, fqans = args.dn, tuple(args.fqan)
         if args.pem:
-            from credentials.credential import TrustStore, verify_credential
+            from credentials.credential import TrustStore, load_proxy_file, verify_credential
             from credentials.errors import CredentialError
 
             certdir = args.certdir or os.environ.get(
@@ -143,7 +118,7 @@ def _run(argv: Sequence[str] | None) -> int:
             vomsdir = args.vomsdir or os.environ.get(
                 "X509_VOMS_DIR", "/etc/grid-security/vomsdir")
             try:
-                credential = load_certificates(args.pem)
+                credential = load_proxy_file(args.pem, with_key=False)
             except CredentialError as exc:
                 return _error(f"cannot read credential: {exc.reason}", args.json)
             dn = credential.identity

@@ -23,18 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from credentials.credential import Credential
-
-#: a private key block of any kind (``RSA PRIVATE KEY``, ``PRIVATE KEY``, ``EC ...``)
-_KEY_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----",
-                        re.DOTALL)
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -88,22 +79,6 @@ def _error(reason: str) -> int:
     return 2
 
 
-def load_certificates(path: str) -> Credential:
-    """The proxy file's certificate chain, its private key left unread (C never reads it;
-    lcas-run does the same until credentials offers it).
-
-    Raises :class:`~credentials.errors.CredentialError` as ``load_proxy_file`` does."""
-    from credentials.credential import MAX_PEM_BYTES, load_pem
-    from credentials.errors import MalformedCredential
-
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_PEM_BYTES + 1)
-    except OSError as exc:
-        raise MalformedCredential(f"{path}: cannot read ({exc.strerror})") from None
-    return load_pem(_KEY_BLOCK.sub(b"", data), source=path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; the exit code.
 
@@ -154,6 +129,7 @@ def _run(argv: Sequence[str] | None) -> int:
     now = datetime.now(UTC)
     if args.pem:
         from credentials import voms
+        from credentials.credential import load_proxy_file
         from credentials.errors import CredentialError
 
         certdir = args.certdir or os.environ.get("LCMAPS_X509_CERT_DIR") or os.environ.get(
@@ -161,7 +137,7 @@ def _run(argv: Sequence[str] | None) -> int:
         vomsdir = args.vomsdir or os.environ.get("LCMAPS_X509_VOMS_DIR") or os.environ.get(
             "X509_VOMS_DIR", "/etc/grid-security/vomsdir")
         try:
-            credential = load_certificates(args.pem)
+            credential = load_proxy_file(args.pem, with_key=False)
         except CredentialError as exc:
             return _error(f"cannot read credential: {exc.reason}")
         dn = credential.identity
