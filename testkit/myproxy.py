@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import ctypes.util
 import os
-import select
 import shlex
 import signal
 import socket
@@ -118,32 +117,46 @@ class _Listener:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(128)
+        # A timed accept, not select(): select() cannot watch a descriptor numbered 1024 or
+        # more, which a long test run reaches, and the thread then died without a word.
+        self.sock.settimeout(0.1)
         self.port = int(self.sock.getsockname()[1])
         self.children: list[subprocess.Popen[bytes]] = []
+        self.failure: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="myproxy-inetd", daemon=True)
         self._thread.start()
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.children = [c for c in self.children if c.poll() is None]
-            if len(self.children) >= MAX_CHILDREN:
-                time.sleep(0.05)
-                continue
-            ready, _, _ = select.select([self.sock], [], [], 0.1)
-            if ready:
+        try:
+            while not self._stop.is_set():
+                self.children = [c for c in self.children if c.poll() is None]
+                if len(self.children) >= MAX_CHILDREN:
+                    time.sleep(0.05)
+                    continue
                 self._serve()
+        except Exception as exc:  # recorded for the probe and the log
+            if not self._stop.is_set():
+                self.failure = f"listener stopped: {type(exc).__name__}: {exc}"
+                with contextlib.suppress(OSError), open(self.log, "ab") as log:
+                    log.write(f"testkit.myproxy: {self.failure}\n".encode())
 
     def _serve(self) -> None:
         """One connection: a fresh server process on it; a failure is logged, not fatal."""
-        with open(self.log, "ab") as log:
+        try:
+            conn, _ = self.sock.accept()
+        except TimeoutError:
+            return
+        with conn, open(self.log, "ab") as log:
             try:
-                conn, _ = self.sock.accept()
-                with conn:
-                    self.children.append(subprocess.Popen(
-                        self.argv, stdin=conn.fileno(), stdout=conn.fileno(), stderr=log,
-                        env=self.env, cwd=self.cwd, start_new_session=True,
-                    ))  # fmt: skip
+                conn.settimeout(None)
+                self.children.append(subprocess.Popen(
+                    self.argv, stdin=conn.fileno(), stdout=conn.fileno(), stderr=log,
+                    env=self.env, cwd=self.cwd, start_new_session=True,
+                ))  # fmt: skip
             except OSError as exc:
                 log.write(f"testkit.myproxy: connection not served: {exc}\n".encode())
 
@@ -218,14 +231,24 @@ class MyProxyServer:
     def _wait_ready(self, timeout: float) -> None:
         """A probe ``myproxy-info`` with the host credential must get the server's answer."""
         deadline = time.monotonic() + timeout
-        res = None
+        detail = ""
         while time.monotonic() < deadline:
-            res = self._client(["myproxy-info", "-l", "__probe__"], self.host_cert.cert_path,
-                               key=self.host_cert.key_path)  # fmt: skip
+            listener = self._listener
+            if listener is None or not listener.alive():
+                detail = listener.failure if listener and listener.failure else "listener gone"
+                break
+            try:
+                left = max(1.0, deadline - time.monotonic())
+                res = self._client(["myproxy-info", "-l", "__probe__"], self.host_cert.cert_path,
+                                   key=self.host_cert.key_path, timeout=left)  # fmt: skip
+            except subprocess.TimeoutExpired:
+                detail = "the probe got no answer"
+                break
             if "no credentials found for user __probe__" in res.stderr:
                 return
+            detail = (res.stdout + res.stderr).strip()
             time.sleep(0.2)
-        detail = (res.stdout + res.stderr).strip() if res else ""
+        self.stop()
         raise MyProxyStartError(f"myproxy-server gave no proper answer in {timeout:.0f} s "
                                 f"({detail}); log:\n{tail(self.log_path)}")  # fmt: skip
 

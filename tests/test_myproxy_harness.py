@@ -153,3 +153,24 @@ def test_passphrase_protected_credential_needs_the_passphrase(
         by_dn.retrieve(pilot, "alice-locked", tmp_path / "no", passphrase="wrong horse 42")
     got = by_dn.retrieve(pilot, "alice-locked", tmp_path / "ok", passphrase="correct horse 42")
     assert load_proxy_file(got).identity == ALICE
+
+
+def test_server_answers_when_its_listener_descriptor_is_above_1024(
+    tmp_path: Path, pki: TestPKI
+) -> None:
+    """A long test run holds many descriptors; select() cannot watch one numbered 1024 or more,
+    and the listener once died silently there, leaving the probe hanging (CI, session 4)."""
+    gone = missing(DN_POLICY)
+    if gone:
+        pytest.skip(f"not installed: {', '.join(gone)}")
+    held = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        with myproxy_server(tmp_path / "high-fd", pki, policy=DN_POLICY, timeout=30) as server:
+            assert server._listener is not None and server._listener.sock.fileno() > 1024
+            with pytest.raises(RetrievalRefused):
+                server.retrieve(pki.proxy(pki.user("mp-high", EVE)), "nobody", tmp_path / "no")
+    finally:
+        for fd in held:
+            os.close(fd)
