@@ -99,10 +99,20 @@ def _write(path: str, text: str) -> None:
 
 def build_site(work: str) -> tuple[Any, Any, Any]:
     """(pki, user, pipeline) for a one-user VOMS pool-account site under ``work``."""
-    import yaml
-
     from scas_server.config import load_config
     from scas_server.decision import build_pipeline
+
+    pki, user = write_site(work)
+    return pki, user, build_pipeline(load_config(os.path.join(work, "scas.yaml")))
+
+
+def write_site(work: str, **settings: Any) -> tuple[Any, Any]:
+    """(pki, user): the one-user VOMS pool-account site's files and ``work/scas.yaml``.
+
+    ``settings`` are added to the YAML (e.g. ``listen`` and ``tls`` for a served site).
+    """
+    import yaml
+
     from testkit.pki import TestPKI
 
     pki = TestPKI(os.path.join(work, "pki"), reuse_keys=True)
@@ -137,10 +147,11 @@ vomslocalgroup -> vomspoolaccount
         "policies": [{"resource": "ce", "action": "queue", "lcmaps": ["gatekeeper"]}],
         "audit": {"file": os.path.join(work, "audit.log")},
         "issuer": "scas.bench",
+        **settings,
     }
     with open(os.path.join(work, "scas.yaml"), "w") as fh:
         yaml.safe_dump(config, fh)
-    return pki, user, build_pipeline(load_config(os.path.join(work, "scas.yaml")))
+    return pki, user
 
 
 def fresh_chains(pki: Any, user: Any, count: int, levels: int = 1) -> list[bytes]:
@@ -152,7 +163,7 @@ def fresh_chains(pki: Any, user: Any, count: int, levels: int = 1) -> list[bytes
         path = pki.proxy(user, fqans=FQANS)
         for _level in range(levels - 1):
             path = pki.proxy(user, parent=path)
-        out.append(load_proxy_file(path).pem_chain())
+        out.append(load_proxy_file(path, with_key=False).pem_chain())
         os.unlink(path)
     return out
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pyasn1.codec.der import decoder, encoder
 from pyasn1.type import univ, useful
@@ -82,7 +82,7 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
+def _key_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.TraditionalOpenSSL,
@@ -164,7 +164,7 @@ class TestPKI:
     def _sign(
         self,
         subject: x509.Name,
-        public_key: rsa.RSAPublicKey,
+        public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey,
         issuer: x509.Name,
         signing_key: rsa.RSAPrivateKey,
         *,
@@ -204,8 +204,9 @@ class TestPKI:
         return builder.sign(signing_key, hashes.SHA256())
 
     def _issue_ee(
-        self, dn: str, key: rsa.RSAPrivateKey, *, server: bool = False, days: float = 365,
-        hostname: str | None = None, not_before: datetime | None = None,
+        self, dn: str, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, *,
+        server: bool = False, days: float = 365, hostname: str | None = None,
+        not_before: datetime | None = None,
     ) -> x509.Certificate:
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
         if server:
@@ -232,11 +233,20 @@ class TestPKI:
         _write(key_path, _key_pem(key), 0o600)
         return User(name, dn, cert_path, key_path, cert, key)
 
-    def host(self, hostname: str, dn: str | None = None) -> Host:
-        """A host certificate (serverAuth + clientAuth, DNS SAN) for TLS tests."""
+    def host(self, hostname: str, dn: str | None = None, *, key_type: str = "rsa") -> Host:
+        """A host certificate (serverAuth + clientAuth, DNS SAN) for TLS tests.
+
+        ``key_type="ec"`` gives a P-256 key, to compare TLS handshake costs with RSA.
+        """
         home = os.path.join(self.dir, "hosts", hostname)
         os.makedirs(home, exist_ok=True)
-        key = self._new_key(fresh=True)
+        key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+        if key_type == "ec":
+            key = ec.generate_private_key(ec.SECP256R1())
+        elif key_type == "rsa":
+            key = self._new_key(fresh=True)
+        else:
+            raise ValueError(f"key_type must be rsa or ec, not {key_type!r}")
         cert = self._issue_ee(dn or f"/DC=org/DC=example/CN={hostname}", key, server=True,
                               hostname=hostname)
         cert_path, key_path = os.path.join(home, "hostcert.pem"), os.path.join(home, "hostkey.pem")
@@ -358,6 +368,14 @@ class TestPKI:
         der = b"\x30" + _der_len(len(body)) + body
         return x509.UnrecognizedExtension(proxy_chain.OID_PROXY_CERT_INFO, der)
 
+    def _ac_certs_value(self) -> bytes:
+        """Built once per VOMS certificate: re-encoding it was most of a proxy's cost."""
+        cached = getattr(self, "_ac_certs_cache", None)
+        if cached is None or cached[0] is not self.voms_cert:
+            cached = (self.voms_cert, _ac_certs_der(self.voms_cert))
+            self._ac_certs_cache = cached
+        return cached[1]
+
     def _voms_extension(
         self, holder: x509.Certificate, vo: str, fqans: Sequence[str], *,
         lifetime: timedelta, not_before: datetime | None, forged: bool, voms_host: str | None,
@@ -388,11 +406,7 @@ class TestPKI:
         certs_ext = info["extensions"][0]
         certs_ext["extnID"] = voms.OID_AC_CERTS
         certs_ext["critical"] = False
-        cert_seq = univ.SequenceOf(componentType=rfc5280.Certificate())
-        cert_seq[0] = decoder.decode(self.voms_cert.public_bytes(serialization.Encoding.DER),
-                                     asn1Spec=rfc5280.Certificate())[0]
-        wrapped = encoder.encode(cert_seq)  # VOMS nests the list in one more SEQUENCE
-        certs_ext["extnValue"] = univ.OctetString(b"\x30" + _der_len(len(wrapped)) + wrapped)
+        certs_ext["extnValue"] = univ.OctetString(self._ac_certs_value())
         # The C VOMS library refuses ACs without these two, as real servers write them.
         no_rev = info["extensions"][1]
         no_rev["extnID"] = univ.ObjectIdentifier("2.5.29.56")
@@ -416,6 +430,13 @@ class TestPKI:
         inner = b"\x30" + _der_len(len(ac_der)) + ac_der
         outer = b"\x30" + _der_len(len(inner)) + inner
         return x509.UnrecognizedExtension(voms.OID_VOMS_ACSEQ, outer)
+
+
+def _ac_certs_der(cert: x509.Certificate) -> bytes:
+    """The AC's certificate-list extension value: VOMS nests the list in one more SEQUENCE."""
+    der = cert.public_bytes(serialization.Encoding.DER)
+    listed = b"\x30" + _der_len(len(der)) + der
+    return b"\x30" + _der_len(len(listed)) + listed
 
 
 def _der_len(n: int) -> bytes:

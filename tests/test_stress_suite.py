@@ -7,9 +7,11 @@ gridmapdir, and that the one command works end to end.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -153,3 +155,27 @@ def test_stress_run_end_to_end(tmp_path: os.PathLike[str]) -> None:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     leftover = subprocess.run(["getent", "passwd"], capture_output=True, text=True).stdout
     assert "stress pool account" not in leftover  # accounts removed after the run
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
+                    reason="stress.bench_http needs root to create its two pool accounts")
+def test_pinned_http_bench_measures_four_modes_against_bare() -> None:
+    """The pinned mode: both servers on one core, the stdlib generator on the other, every
+    reply a Permit for its own ID, with an ECDSA host key (the RSA one is the default)."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    run = subprocess.run(
+        [sys.executable, "-m", "stress.bench_http", "--duration",
+         "1", "--repeats", "1", "--clients", "2", "--fresh", "1200", "--server-key", "ec",
+         "--json"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    figures = json.loads(run.stdout)
+    assert set(figures["modes"]) == {"keepalive-repeat", "keepalive-fresh", "handshake-repeat",
+                                     "handshake-fresh"}  # fmt: skip
+    for mode, m in figures["modes"].items():
+        assert m["errors"] == 0 and m["bare_per_s"] > 0 and m["scas_per_s"] > 0, (mode, m)
+        assert 0 < m["ratio"] < 5, (mode, m)
+    assert figures["gen_cpu"] != figures["srv_cpu"]
