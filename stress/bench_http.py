@@ -260,7 +260,8 @@ _MAKER: list[Any] = []  # (pki, user), inherited by the forked makers: keys do n
 
 
 def _make(count: int) -> list[bytes]:
-    return site.fresh_chains(*_MAKER, count)
+    pki, user = _MAKER
+    return site.fresh_chains(pki, user, count)
 
 
 def _fresh_in_parallel(pki: Any, user: Any, count: int) -> list[bytes]:
