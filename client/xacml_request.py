@@ -195,6 +195,8 @@ def _collect(request: etree._Element, request_id: str) -> list[tuple[str, str, s
 
 def _text(element: etree._Element) -> str:
     """All character data of an element (AttributeValue is mixed content)."""
+    if not len(element):  # the usual case: one text node (comments are dropped at parse)
+        return element.text or ""
     return "".join(str(t) for t in element.itertext())
 
 
@@ -269,15 +271,22 @@ def _interpret(query: etree._Element, request_id: str, soap12: bool) -> AuthzReq
     issuer_el = query.find(_ISSUER)
     issuer = (issuer_el.text or "").strip() or None if issuer_el is not None else None
     attributes = _collect(requests[0], request_id)
+    named: dict[tuple[str, str], list[str]] = {}  # the stripped, non-empty values, in order
+    for c, a, v in attributes:
+        if v.strip():
+            named.setdefault((c, a), []).append(v.strip())
 
     def first(category: str, *names: str) -> str | None:
-        for c, a, v in attributes:
-            if c == category and a in names and v.strip():
-                return v.strip()
-        return None
+        if len(names) > 1:  # the earliest in the document among several names
+            for c, a, v in attributes:
+                if c == category and a in names and v.strip():
+                    return v.strip()
+            return None
+        values = named.get((category, names[0]))
+        return values[0] if values else None
 
     def every(category: str, name: str) -> list[str]:
-        return [v.strip() for c, a, v in attributes if c == category and a == name and v.strip()]
+        return named.get((category, name), [])
 
     def single(category: str, name: str, what: str) -> str | None:
         """The one value of an identity attribute; copies must agree (ConflictingAttribute)."""

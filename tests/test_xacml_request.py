@@ -204,3 +204,16 @@ def test_request_intermediary_subject_not_interpreted() -> None:
 def test_request_builder_refuses_control_characters() -> None:
     with pytest.raises(ValueError, match="control character"):
         build_request(subject_dn="/CN=evil\x01")
+
+
+@pytest.mark.parametrize("inner", [
+    "/DC=org/DC=example/<!-- a comment -->OU=People/CN=Jane Doe 12345",
+    "/DC=org/DC=example/<![CDATA[OU=People]]>/CN=Jane Doe 12345",
+    "/DC=org/DC=example/<x:part xmlns:x='urn:x'>OU=People</x:part>/CN=Jane Doe 12345",
+])  # fmt: skip
+def test_request_attribute_value_is_all_its_character_data(inner: str) -> None:
+    """A value split by a comment, a CDATA section or a child element reads as one string
+    (the one-text-node fast path must not drop the rest)."""
+    body = build_request(subject_dn="PLACEHOLDER-DN", request_id="_mixed")
+    req = parse_request(body.replace(b"PLACEHOLDER-DN", inner.encode()))
+    assert req.subject_dn == "/DC=org/DC=example/OU=People/CN=Jane Doe 12345"
