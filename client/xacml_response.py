@@ -11,8 +11,12 @@ when the PEP listed it in pep-oblig-supported (another client aborts on an unkno
 from __future__ import annotations
 
 import copy
+import re
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from lxml import etree
 
@@ -82,47 +86,167 @@ def build_response(
     advertised. The query's xacml-context:Request is echoed when it asked ReturnContext.
     `in_response_to`/`soap12` override what `request` says (for errors raised mid-parse).
     """
-    instant = utc_instant(now)
-    query_ns = request.query_ns if request else ids.NS_XACML_SAMLP_V2
-    use12 = soap12 if soap12 is not None else bool(request and request.soap12)
-    env, body = envelope(use12, query_ns)
-    response = etree.SubElement(
-        body, _SAMLP + "Response", ID=new_id(), Version="2.0", IssueInstant=instant
-    )
-    reply_to = in_response_to or (request.request_id if request else None)
-    if reply_to:
-        response.set("InResponseTo", reply_to)
-    etree.SubElement(response, _SAML + "Issuer", Format=ids.NAMEID_ENTITY).text = issuer
-    saml_status = etree.SubElement(response, _SAMLP + "Status")
-    etree.SubElement(saml_status, _SAMLP + "StatusCode", Value=ids.SAML_SUCCESS)
-    assertion = etree.SubElement(
-        response, _SAML + "Assertion", ID=new_id(), Version="2.0", IssueInstant=instant
-    )
-    etree.SubElement(assertion, _SAML + "Issuer", Format=ids.NAMEID_ENTITY).text = issuer
-    statement = etree.SubElement(assertion, _SAML + "Statement")
-    # envelope() binds XACMLassertion to the assertion namespace matching the query's
-    statement.set(_XSI_TYPE, "XACMLassertion:XACMLAuthzDecisionStatementType")
-    result = etree.SubElement(etree.SubElement(statement, _C + "Response"), _C + "Result")
-    etree.SubElement(result, _C + "Decision").text = decision.decision
-    status = etree.SubElement(result, _C + "Status")
-    etree.SubElement(status, _C + "StatusCode", Value=decision.status_code)
-    if decision.status_message:
-        message = status_text(decision.status_message)
-        etree.SubElement(status, _C + "StatusMessage").text = message
-    advertised = request.pep_oblig_supported if request else ()
-    wanted = advertised or tuple(o for o in when_none_advertised if o != ids.OBLIG_TICKET)
-    chosen = _obligations(decision, wanted)
-    if chosen:
-        obligations = etree.SubElement(result, _P + "Obligations")
-        for obligation_id, assignments in chosen:
-            obligation = etree.SubElement(
-                obligations, _P + "Obligation", ObligationId=obligation_id, FulfillOn=ids.PERMIT
-            )
-            for attribute_id, data_type, text in assignments:
-                _assign(obligation, attribute_id, data_type, text)
-    if request is not None and request.return_context and request.request_element is not None:
-        statement.append(copy.deepcopy(request.request_element))
-    return serialize(env)
+    answer = _Answer.of(request, decision, issuer, now, in_response_to, soap12,
+                        when_none_advertised)  # fmt: skip
+    if _XML_BAD.search("".join(answer.values.values())):
+        return answer.render_tree()  # lxml refuses the value, with its own error
+    return answer.render_template()
+
+
+_Shape = tuple[Any, ...]
+_ATTR_SLOTS = frozenset({"rid", "aid", "instant", "reply_to", "code"})
+# the characters XML 1.0 cannot carry: lxml refuses them, so the template path must too
+_XML_BAD = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_SLOT = re.compile(b"(?:<!--)?\xee\x80\x80(\\w+)\xee\x80\x81(?:-->)?")
+_ATTR_ESC = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
+                           "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"})  # fmt: skip
+_TEXT_ESC = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"})
+
+
+def _mark(name: str) -> str:
+    return f"\ue000{name}\ue001"
+
+
+@dataclass
+class _Answer:
+    """One response as a shape (what elements there are) and the values that fill it.
+
+    The shape's serialised form is built once with lxml, with markers where the values
+    go, and cached; a response is then the template with the values escaped as libxml2
+    escapes them (tests compare both renderings byte for byte).
+    """
+
+    use12: bool
+    query_ns: str
+    with_reply_to: bool
+    with_message: bool
+    obligations: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+    values: dict[str, str]
+    echo: etree._Element | None
+
+    @classmethod
+    def of(cls, request: AuthzRequest | None, decision: Decision, issuer: str,
+           now: datetime | None, in_response_to: str | None, soap12: bool | None,
+           when_none_advertised: Sequence[str]) -> _Answer:  # fmt: skip
+        instant = utc_instant(now)
+        reply_to = in_response_to or (request.request_id if request else None)
+        values = {"rid": new_id(), "aid": new_id(), "instant": instant, "issuer": issuer,
+                  "decision": decision.decision, "code": decision.status_code}  # fmt: skip
+        if reply_to:
+            values["reply_to"] = reply_to
+        if decision.status_message:
+            values["message"] = status_text(decision.status_message)
+        advertised = request.pep_oblig_supported if request else ()
+        wanted = advertised or tuple(o for o in when_none_advertised if o != ids.OBLIG_TICKET)
+        chosen = _obligations(decision, wanted)
+        shape = [(oid, tuple((a, t) for a, t, _ in assigned)) for oid, assigned in chosen]
+        texts = [text for _, assigned in chosen for _, _, text in assigned]
+        values.update((f"o{i}", text) for i, text in enumerate(texts))
+        echo = None
+        if request is not None and request.return_context:
+            echo = request.request_element
+        use12 = soap12 if soap12 is not None else bool(request and request.soap12)
+        return cls(use12, request.query_ns if request else ids.NS_XACML_SAMLP_V2,
+                   bool(reply_to), bool(decision.status_message), tuple(shape), values, echo)
+
+    def shape(self) -> _Shape:
+        return (self.use12, self.query_ns, self.with_reply_to, self.with_message,
+                self.obligations, self.echo is not None)  # fmt: skip
+
+    def render_tree(self, values: dict[str, str] | None = None) -> bytes:
+        """The response built element by element with lxml (the reference rendering)."""
+        v = self.values if values is None else values
+        env, body = envelope(self.use12, self.query_ns)
+        response = etree.SubElement(
+            body, _SAMLP + "Response", ID=v["rid"], Version="2.0", IssueInstant=v["instant"]
+        )
+        if self.with_reply_to:
+            response.set("InResponseTo", v["reply_to"])
+        etree.SubElement(response, _SAML + "Issuer", Format=ids.NAMEID_ENTITY).text = v["issuer"]
+        saml_status = etree.SubElement(response, _SAMLP + "Status")
+        etree.SubElement(saml_status, _SAMLP + "StatusCode", Value=ids.SAML_SUCCESS)
+        assertion = etree.SubElement(
+            response, _SAML + "Assertion", ID=v["aid"], Version="2.0", IssueInstant=v["instant"]
+        )
+        etree.SubElement(assertion, _SAML + "Issuer", Format=ids.NAMEID_ENTITY).text = v["issuer"]
+        statement = etree.SubElement(assertion, _SAML + "Statement")
+        # envelope() binds XACMLassertion to the assertion namespace matching the query's
+        statement.set(_XSI_TYPE, "XACMLassertion:XACMLAuthzDecisionStatementType")
+        result = etree.SubElement(etree.SubElement(statement, _C + "Response"), _C + "Result")
+        etree.SubElement(result, _C + "Decision").text = v["decision"]
+        status = etree.SubElement(result, _C + "Status")
+        etree.SubElement(status, _C + "StatusCode", Value=v["code"])
+        if self.with_message:
+            etree.SubElement(status, _C + "StatusMessage").text = v["message"]
+        texts = (f"o{i}" for i in range(len(v)))
+        if self.obligations:
+            obligations = etree.SubElement(result, _P + "Obligations")
+            for obligation_id, assignments in self.obligations:
+                obligation = etree.SubElement(
+                    obligations, _P + "Obligation", ObligationId=obligation_id,
+                    FulfillOn=ids.PERMIT,
+                )  # fmt: skip
+                for attribute_id, data_type in assignments:
+                    _assign(obligation, attribute_id, data_type, v[next(texts)])
+        if values is not None and self.echo is not None:  # the template's echo slot
+            statement.append(etree.Comment(_mark("echo")))
+        elif self.echo is not None:
+            statement.append(copy.deepcopy(self.echo))
+        return serialize(env)
+
+    def render_template(self) -> bytes:
+        pieces = _template(self.shape(), self)
+        out = []
+        for i, piece in enumerate(pieces):
+            if not i % 2:
+                out.append(piece)
+            elif piece == "echo":
+                out.append(_echo(self))
+            else:
+                table = _ATTR_ESC if piece in _ATTR_SLOTS else _TEXT_ESC
+                out.append(self.values[piece].translate(table).encode())
+        return b"".join(out)
+
+
+_templates: dict[_Shape, list[Any]] = {}
+_local = threading.local()
+
+
+def _template(shape: _Shape, answer: _Answer) -> list[Any]:
+    """[bytes, slot, bytes, slot, ..., bytes] for a shape, built once."""
+    found = _templates.get(shape)
+    if found is None:
+        marked = answer.render_tree({k: _mark(k) for k in answer.values})
+        found = _SLOT.split(marked)
+        found[1::2] = [name.decode() for name in found[1::2]]
+        if len(_templates) < 256:
+            _templates[shape] = found
+    return found
+
+
+def _echo(answer: _Answer) -> bytes:
+    """The echoed Request as it serialises below the response's Statement.
+
+    A copy is placed under an envelope with the response's namespace declarations (kept per
+    thread), so lxml reconciles its namespaces exactly as in the full tree.
+    """
+    key = (answer.use12, answer.query_ns)
+    holders = getattr(_local, "holders", None)
+    if holders is None:
+        holders = _local.holders = {}
+    holder = holders.get(key)
+    if holder is None:
+        env, body = envelope(*key)
+        holder = holders[key] = (env, etree.SubElement(body, "S"))
+    env, slot = holder
+    assert answer.echo is not None
+    echoed = copy.deepcopy(answer.echo)
+    slot.append(echoed)
+    try:
+        text: bytes = etree.tostring(env, encoding="UTF-8")
+    finally:
+        slot.remove(echoed)
+    return text[text.index(b"<S>") + 3 : text.rindex(b"</S>")]
 
 
 def soap_fault(message: str, *, soap12: bool = False, code: str = "Client") -> bytes:

@@ -252,3 +252,40 @@ def test_response_issue_instant_is_utc() -> None:
     moment = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     root = _xml(build_response(req, Decision.deny(), issuer="scas", now=moment))
     assert root.xpath("//samlp:Response/@IssueInstant", namespaces=NS) == ["2030-01-02T03:04:05Z"]
+
+
+HOSTILE = 'a&b<c>d"e\'f\ng\rh\ti é ☃ \U0001f600 ]]> &amp; \ue000x\ue001'
+_SOAP12_OS = GOLDEN_REQUEST.replace(ids.NS_SOAP11.encode(), ids.NS_SOAP12.encode()).replace(
+    ids.NS_XACML_SAMLP_V2.encode(), ids.NS_XACML_SAMLP_OS.encode())  # fmt: skip
+_FOREIGN_NS = GOLDEN_REQUEST.replace(
+    b"<XACMLcontext:Request>",
+    b'<XACMLcontext:Request xmlns:f="urn:example:foreign" f:note="x">'
+    b'<f:Extra xmlns:g="urn:example:g" g:a="1">text &amp; more</f:Extra>')  # fmt: skip
+
+
+@pytest.mark.parametrize("body", [GOLDEN_REQUEST, _SOAP12_OS, _FOREIGN_NS,
+                                  _request(ids.MAPPING_OBLIGATIONS, return_context=False),
+                                  _request((ids.OBLIG_TICKET, ids.OBLIG_USERNAME))])  # fmt: skip
+@pytest.mark.parametrize("decision", [
+    MAPPING, Decision.permit(uid=1, gid=2, sgids=(), username=HOSTILE, ticket=HOSTILE),
+    Decision.deny(HOSTILE), Decision.indeterminate(ids.STATUS_PROCESSING_ERROR, HOSTILE),
+])  # fmt: skip
+def test_response_template_is_byte_identical_to_the_lxml_tree(body: bytes,
+                                                              decision: Decision) -> None:
+    """Responses are filled into a cached template; every shape and every character that
+    needs escaping must come out exactly as lxml builds and escapes it."""
+    from client.xacml_response import _Answer
+
+    request = parse_request(body.replace(b'ID="ID-1804289383"', b'ID="q&amp;&lt;&quot;\'"'))
+    for issuer, legacy in ((HOSTILE, ()), ("scas", ids.MAPPING_OBLIGATIONS)):
+        answer = _Answer.of(request, decision, issuer, None, None, None, legacy)
+        assert answer.render_template() == answer.render_tree()
+        assert answer.render_template() == answer.render_tree()  # the cached template too
+    mid_parse = _Answer.of(None, decision, "scas", None, "early&<id", True, ())
+    assert mid_parse.render_template() == mid_parse.render_tree()
+
+
+def test_response_value_xml_cannot_carry_is_refused_as_before() -> None:
+    """A control character in a value: lxml's refusal, not a response with it inside."""
+    with pytest.raises(ValueError):
+        build_response(parse_request(GOLDEN_REQUEST), Decision.deny("bell\x07"), issuer="s\x07")
