@@ -85,6 +85,7 @@ from leases.claims import (
     new_claim_name,
     rename_noreplace,
 )
+from leases.freelist import FreeLists, Listing, read_listing
 from leases.names import (
     encode_lease,
     in_pool,
@@ -176,6 +177,7 @@ class GridmapDir(LeaseStore):
         self.hook = hook
         self._inodes: dict[int, str] = {}
         self._lock = threading.Lock()
+        self._free = FreeLists()
         if check:
             self.check()
 
@@ -376,8 +378,41 @@ class GridmapDir(LeaseStore):
         self._unlink(name)
         return self._allocate(pool, name, strict)
 
+    def prime(self) -> int:
+        """Read the directory once now (at start-up), so that neither the first lookup of a
+        held lease nor the first lease afterwards has to: the inode cache and the free list.
+        Returns the number of account entries read."""
+        listing = self._listing()
+        with self._lock:
+            self._inodes.update((ino, n) for n, ino in listing.entries)
+        self._free.prime(listing)
+        return len(listing.entries)
+
+    def _listing(self) -> Listing:
+        try:
+            return read_listing(self.path)
+        except OSError as exc:
+            raise self._oserror(exc, "cannot read directory") from None
+
     def _allocate(self, pool: str, name: str, strict: bool) -> Lease:
-        """The first free entry of the pool in raw readdir order, won and published as ``name``."""
+        """A free entry of the pool, won and published as ``name``: the next one on the free
+        list (each re-checked here and won by the claim protocol), else the full scan."""
+        while (ent := self._free.pop(pool, strict, self._listing)) is not None:
+            st = self._lstat(ent)
+            if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                continue  # taken since the listing (by anyone): the next one
+            self._step("free", ent)
+            lease = self._take(ent, st, name)
+            if lease is not None:
+                return lease
+        self._free.ran_dry(pool, strict)
+        return self._scan_allocate(pool, name, strict)
+
+    def _scan_allocate(self, pool: str, name: str, strict: bool) -> Lease:
+        """The first free entry of the pool in raw readdir order, won and published as ``name``.
+
+        The authoritative answer when the free list has none: it also tells a pool in flux
+        (retry) from an exhausted one."""
         seen: dict[int, str] = {}
         claimed: set[int] = set()
         leased: set[int] = set()  # inodes a lease name points to

@@ -164,6 +164,11 @@ class LeaseStore(ABC):
     def expire(self, max_age: float, *, now: float | None = None) -> list[LeaseInfo]:
         """Remove leases not used (touched) for ``max_age`` seconds; return them."""
 
+    def prime(self) -> int:
+        """Warm whatever a first lookup or first lease would otherwise read (at start-up);
+        return how many entries were read. Stores with nothing to warm read none."""
+        return 0
+
 
 def check_counter(mapcounter: int | None, max_mappings: int) -> int | None:
     if not 1 <= max_mappings <= MAX_MAPPINGS_LIMIT:

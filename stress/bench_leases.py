@@ -1,9 +1,12 @@
-"""Lease throughput of leases.gridmapdir.GridmapDir.
+"""Lease throughput of leases.gridmapdir.GridmapDir, and what a new worker pays first.
 
 Prints mappings/s for (1) a lease already held (the common case: lstat the
 lease, find its pool entry through the inode cache, re-check it, utime) and
-(2) a first lease (scan in readdir order for the first free entry, link),
-for gridmapdirs of 100, 10,000 and 100,000 entries, half of them leased.
+(2) a first lease (the next entry of the in-memory free list, re-checked and
+claimed), for gridmapdirs of 100, 10,000 and 100,000 entries, half of them
+leased. Then, for a new worker (a new GridmapDir object), the first lookup
+of a held lease and the first lease, without and with ``prime()`` (one
+directory read, which scas-server does at start-up and on reload).
 Each measurement is time-boxed, so the whole run takes well under 2 minutes.
 
     python stress/bench_leases.py [--dir /dev/shm] [--seconds 1.5]
@@ -62,6 +65,20 @@ def rate(func: object, items: list[str], seconds: float) -> tuple[float, int]:
     return (n / elapsed if elapsed else 0.0), n
 
 
+def _ms(func: object) -> float:
+    assert callable(func)
+    t0 = time.perf_counter()
+    func()
+    return (time.perf_counter() - t0) * 1000
+
+
+def _first(gmd: GridmapDir, dn: str) -> None:
+    try:
+        gmd.acquire("opool", dn)
+    except PoolExhausted:
+        pass
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=tempfile.gettempdir())
@@ -69,31 +86,27 @@ def main() -> None:
     ap.add_argument("--sizes", default="100,10000,100000")
     args = ap.parse_args()
     print(f"gridmapdir base: {args.dir} ({fs_type(args.dir)}), half of each pool leased")
-    print(f"{'entries':>8} {'held: maps/s':>13} {'us/map':>7} {'first lease: maps/s':>20} "
-          f"{'us/map':>8}  (cold first reuse ms)")
-    base_cost = None
+    print(f"{'':>8} {'steady state':^25} | {'new worker, no prime':^21} | "
+          f"{'new worker after prime()':^31}")
+    print(f"{'entries':>8} {'held/s':>10} {'first lease/s':>14} | {'reuse ms':>9} "
+          f"{'lease ms':>9}   | {'prime ms':>9} {'reuse ms':>9} {'lease ms':>9}")
     for size in (int(s) for s in args.sizes.split(",")):
         d, held = build(args.dir, size)
         try:
-            gmd = GridmapDir(d)
-            t0 = time.perf_counter()
-            gmd.acquire("opool", held[0])  # cold: one directory scan fills the cache
-            cold_ms = (time.perf_counter() - t0) * 1000
-            held_rate, _ = rate(lambda dn, g=gmd: g.acquire("opool", dn), held * 20, args.seconds)
+            cold = GridmapDir(d)
+            cold_reuse = _ms(lambda g=cold, dn=held[0]: g.acquire("opool", dn))
+            cold_lease = _ms(lambda g=cold: _first(g, "/DC=org/DC=bench/CN=Cold 0"))
+            warm = GridmapDir(d)
+            prime_ms = _ms(warm.prime)
+            primed_reuse = _ms(lambda g=warm, dn=held[1]: g.acquire("opool", dn))
+            primed_lease = _ms(lambda g=warm: _first(g, "/DC=org/DC=bench/CN=Primed 0"))
+            held_rate, _ = rate(lambda dn, g=warm: g.acquire("opool", dn), held * 20,
+                                args.seconds)  # fmt: skip
             fresh = [f"/DC=org/DC=bench/CN=New {i}" for i in range(size)]
-
-            def first(dn: str, g: GridmapDir = gmd) -> None:
-                try:
-                    g.acquire("opool", dn)
-                except PoolExhausted:
-                    pass
-
-            first_rate, _ = rate(first, fresh, args.seconds)
-            cost = 1e6 / held_rate
-            base_cost = base_cost or cost
-            print(f"{size:>8} {held_rate:>13,.0f} {cost:>7.1f} {first_rate:>20,.0f} "
-                  f"{1e6 / first_rate:>8.0f}  ({cold_ms:.1f})   "
-                  f"reuse cost x{cost / base_cost:.2f}")
+            first_rate, _ = rate(lambda dn, g=warm: _first(g, dn), fresh, args.seconds)
+            print(f"{size:>8} {held_rate:>10,.0f} {first_rate:>14,.0f} | {cold_reuse:>9.1f} "
+                  f"{cold_lease:>9.1f}   | {prime_ms:>9.1f} {primed_reuse:>9.2f} "
+                  f"{primed_lease:>9.2f}")
         finally:
             shutil.rmtree(d)
 
