@@ -179,3 +179,24 @@ def test_pinned_http_bench_measures_four_modes_against_bare() -> None:
         assert m["errors"] == 0 and m["bare_per_s"] > 0 and m["scas_per_s"] > 0, (mode, m)
         assert 0 < m["ratio"] < 5, (mode, m)
     assert figures["gen_cpu"] != figures["srv_cpu"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
+                    reason="stress.bench_scale needs root to create its two pool accounts")
+def test_scale_bench_runs_every_combination_and_leaves_passwd_alone() -> None:
+    """Each (leases, passwd lines) pair is measured on a Permit; /etc/passwd is not touched."""
+    with open("/etc/passwd", "rb") as fh:
+        before = fh.read()
+    run = subprocess.run(
+        [sys.executable, "-m", "stress.bench_scale", "--leases", "10,500", "--passwd",
+         "0,2000", "--queries", "20", "--repeats", "1", "--json"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = json.loads(run.stdout)["rows"]
+    assert [(r["leases"], r["passwd_lines"]) for r in rows] == [
+        (10, 0), (500, 0), (10, 2000), (500, 2000)]  # fmt: skip
+    assert all(r["warm_us"] > 0 for r in rows)
+    with open("/etc/passwd", "rb") as fh:
+        assert fh.read() == before
