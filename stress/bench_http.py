@@ -225,8 +225,8 @@ def _children(pid: int) -> list[int]:
         return [int(x) for x in fh.read().split()]
 
 
-def build(work: str, server_key: str, fresh: int,
-          port: int) -> tuple[dict[str, Any], list[bytes]]:  # fmt: skip
+def build(work: str, server_key: str, fresh: int, port: int,
+          client_key: str = "ec") -> tuple[dict[str, Any], list[bytes]]:  # fmt: skip
     """The served site under ``work``, one repeat body and ``fresh`` cold bodies."""
     import yaml
 
@@ -234,7 +234,7 @@ def build(work: str, server_key: str, fresh: int,
 
     pki, user = site.write_site(work)
     host = pki.host("localhost", "/DC=org/DC=example/O=Hosts/CN=localhost", key_type=server_key)
-    ce = pki.host("ce.bench.example.org", CE_DN)
+    ce = pki.host("ce.bench.example.org", CE_DN, key_type=client_key)
     path = os.path.join(work, "scas.yaml")
     with open(path) as fh:
         config = yaml.safe_load(fh)
@@ -280,10 +280,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise site.BenchError("needs two CPUs: one for the servers, one for the load", 2)
     gen_cpu, srv_cpu = allowed[0], allowed[-1]
     with tempfile.TemporaryDirectory(prefix="bench-http-") as work:
-        print(f"making the site and {args.fresh} fresh VOMS proxies ...", file=sys.stderr,
+        print("making the site and the fresh VOMS proxies ...", file=sys.stderr,
               flush=True)  # fmt: skip
         sport, bport = _free_port(), _free_port()
-        info, bodies = build(work, args.server_key, args.fresh, sport)
+        wanted = args.fresh if any(m.endswith("fresh") for m in args.modes) else args.clients
+        info, bodies = build(work, args.server_key, wanted, sport, args.client_key)
         repeat, fresh = bodies[:1], bodies[1:]
         sample = os.path.join(work, "sample.xml")
         with open(sample, "wb") as fh:
@@ -305,7 +306,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(site.RACY_WAIT)
             runs: list[RunFigures] = []
             for rep in range(args.repeats):
-                for mode in MODES:
+                for mode in args.modes:
                     for endpoint in ("bare", "scas"):
                         pool = fresh if mode.endswith("fresh") else repeat * 1_000_000
                         if pool is fresh and endpoint == "bare":  # no cache there: reuse
@@ -324,7 +325,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     """Per mode: rates, ratio per repeat (pairs measured minutes apart), its spread."""
     runs: list[RunFigures] = result["runs"]
     modes: dict[str, Any] = {}
-    for mode in MODES:
+    for mode in dict.fromkeys(r.mode for r in runs):
         bare = [r for r in runs if r.mode == mode and r.endpoint == "bare"]
         scas = [r for r in runs if r.mode == mode and r.endpoint == "scas"]
         ratios = [s.rate / b.rate if b.rate else 0.0 for b, s in zip(bare, scas, strict=True)]
@@ -338,7 +339,8 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
             "scas_p50_ms": ordered[len(ordered) // 2],
             "scas_p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
             "generator_cpu": max(r.client_cpu for r in bare + scas),
-            "server_cpu": [round(r.server_cpu, 2) for r in bare + scas],
+            "server_cpu_bare": statistics.median(r.server_cpu for r in bare),
+            "server_cpu_scas": statistics.median(r.server_cpu for r in scas),
             "errors": sum(r.errors for r in bare + scas),
             "first_error": next((r.first_error for r in bare + scas if r.first_error), ""),
         }  # fmt: skip
@@ -348,12 +350,13 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
 def render(modes: dict[str, Any], args: argparse.Namespace, result: dict[str, Any]) -> str:
     load = "/".join(f"{x:.1f}" for x in result["load"])
     lines = [
-        f"machine: {site.cpu_model()}, {os.cpu_count()} CPUs; servers (1 {args.server_key} "
-        f"TLS worker each) on CPU {result['srv_cpu']}, {args.clients} stdlib clients on CPU "
+        f"machine: {site.cpu_model()}, {os.cpu_count()} CPUs; servers (1 worker each, "
+        f"{args.server_key} key) on CPU {result['srv_cpu']}, {args.clients} stdlib clients "
+        f"({args.client_key} key) on CPU "
         f"{result['gen_cpu']}; {args.duration:g} s per run, {args.repeats} repeats; "
         f"load average before/after {load}",
         f"{'mode':<18}{'bare/s':>8}{'scas/s':>8}{'ratio':>7}{'range':>12}{'goal':>6}"
-        f"{'scas p50':>10}{'p99':>8}{'gen CPU':>9}{'errors':>8}",
+        f"{'scas p50':>10}{'p99':>8}{'gen CPU':>9}{'srv CPU b/s':>13}{'errors':>8}",
     ]
     for mode, m in modes.items():
         low, high = m["ratio_range"]
@@ -361,10 +364,14 @@ def render(modes: dict[str, Any], args: argparse.Namespace, result: dict[str, An
         lines.append(
             f"{mode:<18}{m['bare_per_s']:>8.0f}{m['scas_per_s']:>8.0f}{m['ratio']:>7.2f}"
             f"{f'{low:.2f}-{high:.2f}':>12}{m['goal']:>6.2f}{m['scas_p50_ms']:>8.1f}ms"
-            f"{m['scas_p99_ms']:>6.1f}ms{100 * m['generator_cpu']:>8.0f}%{m['errors']:>8} {mark}")
+            f"{m['scas_p99_ms']:>6.1f}ms{100 * m['generator_cpu']:>8.0f}%"
+            f"{100 * m['server_cpu_bare']:>7.0f}/{100 * m['server_cpu_scas']:.0f}%"
+            f"{m['errors']:>8} {mark}")
     lines.append("(ratio: median over repeats of scas/bare, each pair minutes apart on the same "
                  "core; range: the repeats' spread; gen CPU: the busiest run's generator core "
-                 "use, near 100% would mean the generator, not the server, set the pace)")
+                 "use, near 100% would mean the generator, not the server, set the pace; srv "
+                 "CPU: the server core's use, bare/scas, near 100% means the server was the "
+                 "bottleneck)")
     errs = [f"{mode}: {safe(m['first_error'])}" for mode, m in modes.items() if m["errors"]]
     return "\n".join(lines + errs)
 
@@ -376,10 +383,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="generator processes")
     parser.add_argument("--server-key", choices=("rsa", "ec"), default="rsa",
                         help="the servers' TLS key: RSA-2048 or ECDSA P-256")
+    parser.add_argument("--client-key", choices=("rsa", "ec"), default="ec",
+                        help="the PEP's TLS key (default ec: a handshake then costs the "
+                             "generator little, so the server sets the pace)")
+    parser.add_argument("--modes", type=lambda t: t.split(","), default=list(MODES),
+                        help=f"comma-separated subset of {','.join(MODES)}")
     parser.add_argument("--fresh", type=int, default=6000,
                         help="fresh VOMS proxies to make (each is sent to scas-server once)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
+    if not args.modes or set(args.modes) - set(MODES):
+        parser.error(f"--modes: choose from {','.join(MODES)}")
     if args.duration <= 0 or args.repeats < 1 or args.clients < 1 or args.fresh < args.clients:
         parser.error("need a positive duration, a repeat, a client and a fresh proxy each")
     before = os.getloadavg()[0]
@@ -395,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         out = {"modes": modes, "runs": [dict(asdict(r), latencies_ms=None, rate=r.rate)
                                         for r in result["runs"]],
                "gen_cpu": result["gen_cpu"], "srv_cpu": result["srv_cpu"], "load": result["load"],
-               "server_key": args.server_key, "clients": args.clients}  # fmt: skip
+               "server_key": args.server_key, "client_key": args.client_key,
+               "clients": args.clients}  # fmt: skip
         print(json.dumps(out, indent=1))
     else:
         print(render(modes, args, result))
