@@ -40,12 +40,11 @@ from pathlib import Path
 
 from testkit.batch import Cluster, free_port, missing_programs, slurm_cluster
 from testkit.pki import TestPKI
+from testkit.pycopy import REPO, VENV
+from testkit.pycopy import python_copy as copy_python
 
 __all__ = ["CE_ACCOUNT", "POOL", "WmsSite", "missing", "wms_site"]
 
-REPO = Path(__file__).resolve().parent.parent
-VENV = REPO / ".venv"
-PY_VER = f"python{sys.version_info.major}.{sys.version_info.minor}"
 MARK = "scas-stack wms site test account"
 CE_ACCOUNT = "wmsce01"
 POOL = ("wmspool01", "wmspool02", "wmspool03")
@@ -129,37 +128,10 @@ def accounts(names: Sequence[str]) -> Iterator[dict[str, tuple[int, int]]]:
 
 
 def python_copy(base: Path) -> Path:
-    """An interpreter an unprivileged account can run: the venv's base Python copied into
-    ``base`` and a venv made from it that sees the repository and the project's packages."""
-    real = Path(os.path.realpath(sys.executable))
-    prefix = Path(sys.base_prefix)
-    py = base / "py"
-    (py / "bin").mkdir(parents=True)
-    (py / "lib").mkdir()
-    exe = real.read_bytes()
-    runpath = str(prefix / "lib").encode() + b"\0"
-    if runpath in exe and len(runpath) > len(b"$ORIGIN/../lib"):
-        exe = exe.replace(runpath, b"$ORIGIN/../lib".ljust(len(runpath), b"\0"))
-    (py / "bin" / real.name).write_bytes(exe)
-    os.chmod(py / "bin" / real.name, 0o755)
-    for lib in (prefix / "lib").glob("libpython*.so*"):
-        shutil.copy2(lib, py / "lib" / lib.name, follow_symlinks=True)
-    tar = (f"tar -C {str(prefix / 'lib')!r} -cf - --exclude={PY_VER}/site-packages "
-           f"--exclude={PY_VER}/test --exclude={PY_VER}/idlelib {PY_VER} "
-           f"| tar -C {str(py / 'lib')!r} -xf -")  # fmt: skip
-    subprocess.run(["/bin/sh", "-c", tar], check=True)
-    (py / "lib" / PY_VER / "site-packages").mkdir(exist_ok=True)
-    venv = base / "venv"
-    subprocess.run([str(py / "bin" / real.name), "-m", "venv", "--without-pip", str(venv)],
-                   check=True, capture_output=True)  # fmt: skip
-    site_pkgs = VENV / "lib" / PY_VER / "site-packages"
-    (venv / "lib" / PY_VER / "site-packages" / "scas_project_venv.pth").write_text(
-        f"{REPO}\n{site_pkgs}\n")
-    subprocess.run(["chmod", "-R", "a+rX,go-w", str(py), str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "python"), "-c", "import glexec.cli, glexec.scas, "
-                    "client.failover, client.query, wms.ce, wms.app, wms.service, flask, "
-                    "gunicorn.app.base"], check=True, capture_output=True)  # fmt: skip
-    return venv / "bin" / "python"
+    """An interpreter the CE's service account and the pool accounts can run."""
+    return copy_python(base, ("glexec.cli", "glexec.scas", "client.failover", "client.query",
+                              "wms.ce", "wms.app", "wms.service", "flask",
+                              "gunicorn.app.base"))  # fmt: skip
 
 
 # -- the site ---------------------------------------------------------------------------

@@ -48,17 +48,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helper_fixtures import mount_options, suid_dir, throwaway_accounts
 from server_harness import USER_DN, Server, Site, free_port
 
+from testkit.pycopy import REPO, VENV
+from testkit.pycopy import python_copy as copy_python
+
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
-REPO = Path(__file__).resolve().parent.parent
-VENV = REPO / ".venv"
 CONSOLE_SCRIPT = VENV / "bin" / "glexec"
 PILOT, POOL1, POOL2 = "gepilot01", "gepool01", "gepool02"
 PILOT_DN = "/DC=org/DC=example/O=Users/CN=Pilot Factory"
 BANNED_DN = "/DC=org/DC=example/O=Users/CN=Eve Banned"
 PILOT_FQAN = "/dteam/Role=pilot/Capability=NULL"
 MEMBER_FQAN = "/dteam/Role=NULL/Capability=NULL"
-PY_VER = f"python{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def missing() -> str:
@@ -81,49 +81,9 @@ def _own(path: Path, uid: int, gid: int, mode: int) -> None:
 
 
 def python_copy(base: Path) -> Path:
-    """An interpreter the pilot can run: the venv's base Python (under /root, 0700) copied into
-    `base`, a venv made from it whose sys.path holds the repository and the project venv's
-    site-packages. Returns that venv's python."""
-    real = Path(os.path.realpath(sys.executable))
-    prefix = Path(sys.base_prefix)
-    py = base / "py"
-    (py / "bin").mkdir(parents=True)
-    (py / "lib").mkdir()
-    exe = real.read_bytes()
-    runpath = str(prefix / "lib").encode() + b"\0"  # RUNPATH: unreachable for the pilot
-    if runpath in exe and len(runpath) > len(b"$ORIGIN/../lib"):
-        exe = exe.replace(runpath, b"$ORIGIN/../lib".ljust(len(runpath), b"\0"))
-    (py / "bin" / real.name).write_bytes(exe)
-    os.chmod(py / "bin" / real.name, 0o755)
-    for lib in (prefix / "lib").glob("libpython*.so*"):
-        shutil.copy2(lib, py / "lib" / lib.name, follow_symlinks=True)
-    tar = (
-        f"tar -C {str(prefix / 'lib')!r} -cf - --exclude={PY_VER}/site-packages "
-        f"--exclude={PY_VER}/test --exclude={PY_VER}/idlelib {PY_VER} "
-        f"| tar -C {str(py / 'lib')!r} -xf -"
-    )
-    subprocess.run(["/bin/sh", "-c", tar], check=True)
-    (py / "lib" / PY_VER / "site-packages").mkdir(exist_ok=True)
-    venv = base / "venv"
-    subprocess.run([str(py / "bin" / real.name), "-m", "venv", "--without-pip", str(venv)],
-                   check=True, capture_output=True)  # fmt: skip
-    # Plain path lines, as a regular (non-editable) install puts the packages on sys.path:
-    # the project venv's own .pth files (the editable finder, setuptools' hooks) are not run.
-    site_pkgs = VENV / "lib" / PY_VER / "site-packages"
-    (venv / "lib" / PY_VER / "site-packages" / "scas_project_venv.pth").write_text(
-        f"{REPO}\n{site_pkgs}\n"
-    )
-    subprocess.run(["chmod", "-R", "a+rX,go-w", str(py), str(venv)], check=True)
-    # byte-compile as root once, as an install does, so the pilot's runs (which cannot write
-    # __pycache__) do not compile from source every time; compileall writes even under
-    # PYTHONDONTWRITEBYTECODE, which the import below would obey
-    subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(REPO / "glexec"),
-                    str(REPO / "client"), str(REPO / "safetext.py")],
-                   check=True, capture_output=True)  # fmt: skip
-    subprocess.run([str(venv / "bin" / "python"), "-c", "import glexec.cli, glexec.scas, "
-                    "glexec.handover, glexec.inputs, client.failover, client.query"],
-                   check=True, capture_output=True)  # fmt: skip
-    return venv / "bin" / "python"
+    """The interpreter the pilot runs glexec with (testkit.pycopy), with glexec's imports."""
+    return copy_python(base, ("glexec.cli", "glexec.scas", "glexec.handover", "glexec.inputs",
+                              "client.failover", "client.query"))  # fmt: skip
 
 
 @dataclass
