@@ -25,7 +25,8 @@ def store_for(path: str | os.PathLike[str]) -> LeaseStore:
     """The process's one lease store for ``path`` (today always the C-compatible gridmapdir).
 
     One per path, kept for the life of the process: its inode cache is what makes a held
-    lease cost one ``lstat`` instead of a directory scan.
+    lease cost one ``lstat`` instead of a directory scan, and its free list what makes a
+    first lease cost no scan (``prime()`` fills both at start-up).
     """
     key = os.fspath(path)
     with _lock:
