@@ -103,6 +103,7 @@ class MappingResult:
     pgids: tuple[int, ...] = ()
     sgids: tuple[int, ...] = ()
     poolindex: str | None = None
+    lease_new: bool | None = None  # the pool index is a lease this mapping made
     reason: str | None = None
     kind: str | None = None  # for a deny: BANNED, EXHAUSTED (plugin_api) or None
 
@@ -293,4 +294,5 @@ def map_credential(
         pgids=tuple(data.pgids),
         sgids=tuple(data.sgids),
         poolindex=data.poolindex,
+        lease_new=data.lease_new,
     )

@@ -100,6 +100,7 @@ class CredentialData:
     pgids: list[int] = field(default_factory=list)
     sgids: list[int] = field(default_factory=list)
     poolindex: str | None = None
+    lease_new: bool | None = None  # whether the pool index is a lease made by this run
     vo_mappings: list[tuple[str, int]] = field(default_factory=list)
 
     def add_uid(self, uid: int) -> None:
@@ -113,8 +114,8 @@ class CredentialData:
             self.sgids.append(gid)
             self.sgids.sort()
 
-    def set_poolindex(self, index: str) -> None:
-        self.poolindex = index
+    def set_poolindex(self, index: str, *, new: bool | None = None) -> None:
+        self.poolindex, self.lease_new = index, new
 
     def reset(self) -> None:
         self.dn = None
@@ -122,6 +123,7 @@ class CredentialData:
         self.pgids.clear()
         self.sgids.clear()
         self.poolindex = None
+        self.lease_new = None
         self.vo_mappings.clear()
 
 

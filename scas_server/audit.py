@@ -68,6 +68,7 @@ class AuditRecord:
     uid: int | None = None
     gid: int | None = None
     lease: str | None = None
+    lease_event: str | None = None  # "new": this request made the lease; "held": it existed
     reason: str = ""
     latency_ms: float = 0.0
     request_id: str | None = None

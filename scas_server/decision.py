@@ -266,6 +266,8 @@ class Pipeline:
             return Decision.indeterminate(ids.STATUS_PROCESSING_ERROR, UNAVAILABLE)
         record.account, record.uid, record.gid = mapping.username, mapping.uid, mapping.gid
         record.lease = _clean(mapping.lease)
+        if mapping.lease and mapping.lease_new is not None:
+            record.lease_event = "new" if mapping.lease_new else "held"
         ticket = None
         if ids.OBLIG_TICKET in request.pep_oblig_supported and self.signer is not None:
             ticket = self._ticket(request, peer, dn, credential, mapping, record, now)

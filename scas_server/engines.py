@@ -53,6 +53,7 @@ class Mapping:
     sgids: tuple[int, ...]
     username: str | None
     lease: str | None
+    lease_new: bool | None = None
 
 
 def secondary_gids(pgids: Sequence[int], sgids: Sequence[int]) -> tuple[int, ...]:
@@ -122,6 +123,7 @@ class Engines:
             sgids=secondary_gids(result.pgids, result.sgids),
             username=result.username,
             lease=result.poolindex,
+            lease_new=result.lease_new,
         )
 
 

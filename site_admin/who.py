@@ -2,9 +2,11 @@
 
 Two sources, neither complete on its own. The audit log (``audit.file`` of the server YAML,
 and its rotated copies ``.N``, ``.N.gz``, ``-YYYYMMDD[.gz]``) says which credential each
-Permit mapped to the account, with request ID and PEP, but not when a lease was released or
-expired, nor what C LCMAPS or another server did. The gridmapdir says who holds the account
-now and when that lease was last renewed, with the DN lower-cased by the lease encoding.
+Permit mapped to the account, with request ID and PEP, and whether that request made the
+lease or found it (``lease_event``; older lines lack it and it is inferred), but not when a
+lease was released or expired, nor what C LCMAPS or another server did. The gridmapdir says
+who holds the account now and when that lease was last renewed, with the DN lower-cased by
+the lease encoding.
 
 The holder at TIME is the last Permit for the account at or before TIME. Its *tenure* is
 the run of Permits around it with the same lease; the answer is ``certain`` when a Permit
@@ -49,6 +51,7 @@ class Permit:
     pep: str | None
     lease: str | None
     where: str  # file:line
+    lease_event: str | None = None  # "new" or "held" (servers since session 5; else None)
 
     @property
     def key(self) -> str:
@@ -58,7 +61,7 @@ class Permit:
     def doc(self) -> dict[str, Any]:
         return {"time": stamp(self.time), "dn": self.dn, "fqans": list(self.fqans),
                 "request_id": self.request_id, "pep": self.pep, "lease": self.lease,
-                "source": self.where}
+                "lease_event": self.lease_event, "source": self.where}
 
 
 def stamp(t: datetime) -> str:
@@ -156,7 +159,9 @@ def _permit(raw: bytes, account: str, where: str) -> Permit | None:
             return None
         return Permit(_when(data["time"]), str(data.get("dn") or ""),
                       tuple(str(f) for f in data.get("fqans") or ()),
-                      data.get("request_id"), data.get("pep"), data.get("lease"), where)
+                      data.get("request_id"), data.get("pep"), data.get("lease"), where,
+                      data.get("lease_event") if data.get("lease_event") in ("new", "held")
+                      else None)  # fmt: skip
     except (ValueError, KeyError, TypeError, AttributeError):
         warn(f"{where}: not an audit line (skipped)")
         return None
@@ -230,9 +235,7 @@ def answer(permits: list[Permit], at: datetime, seen: dict[str, Any] | None) -> 
     marks: dict[int, list[str]] = {}
     if prev is not None:
         marks.setdefault(start - 1, []).append("previous holder last seen")
-    marks.setdefault(start, []).append(
-        "first seen, lease new (the account came from another key)" if prev is not None
-        else "first seen (no earlier audit line for the account)")
+    marks.setdefault(start, []).append(_first_seen(permits[start], prev))
     marks.setdefault(i, []).append("last seen at or before TIME")
     if i < end:
         marks.setdefault(i + 1, []).append("first seen after TIME")
@@ -244,6 +247,18 @@ def answer(permits: list[Permit], at: datetime, seen: dict[str, Any] | None) -> 
         "found": True, "certainty": certainty, "source": "audit", "holder": holder.doc(),
         "events": events, "gridmapdir": seen, "notes": notes,
     }
+
+
+def _first_seen(first: Permit, prev: Permit | None) -> str:
+    """How a tenure began: as the server audited it, or as inferred from older lines."""
+    if first.lease_event == "new":
+        return "first seen, lease made by this request"
+    if first.lease_event == "held":
+        return ("first seen, lease already held (made before this log, or by another writer "
+                "such as C LCMAPS)")
+    if prev is not None:
+        return "first seen, lease new (the account came from another key)"
+    return "first seen (no earlier audit line for the account)"
 
 
 def _certainty(

@@ -286,3 +286,23 @@ def test_who_with_a_real_server(tmp_path: Path) -> None:
     assert code == 0 and doc["certainty"] == "certain"
     assert (doc["holder"]["dn"], doc["holder"]["request_id"]) == (dave.dn, "dave-1")
     assert doc["gridmapdir"]["lease"] == lease_name(dave.dn)
+
+
+def test_who_names_the_request_that_made_the_lease(site: AdminSite) -> None:
+    """With ``lease_event`` in the audit, the tenure's start is what the server saw, not an
+    inference: the lease made by Bob's first request, or one Carol already held."""
+    audit = site.root / "audit.log"
+    permit(audit, ALICE, "atlas001", "a1", lease_event="new")
+    permit(audit, BOB, "atlas001", "b1", lease_event="new")
+    permit(audit, BOB, "atlas001", "b2", lease_event="held")
+    t_bob = moment()
+    permit(audit, CAROL, "atlas001", "c1", lease_event="held")
+    t_carol = moment()
+    code, doc = site.json("who", "atlas001", "--at", iso_at(t_bob))
+    assert code == 0 and doc["holder"]["request_id"] == "b2"
+    start = next(e for e in doc["events"] if e["request_id"] == "b1")
+    assert start["event"].startswith("first seen, lease made by this request")
+    assert start["lease_event"] == "new"
+    code, doc = site.json("who", "atlas001", "--at", iso_at(t_carol))
+    start = next(e for e in doc["events"] if e["request_id"] == "c1")
+    assert start["event"].startswith("first seen, lease already held")

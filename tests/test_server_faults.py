@@ -268,3 +268,29 @@ ban -> pool
         assert not [n for n in os.listdir(gmd) if n.startswith("%")]  # no lease was made
     finally:
         server.stop()
+
+
+def test_audit_line_says_whether_the_request_made_the_lease(tmp_path: Path,
+                                                            accounts: None) -> None:  # fmt: skip
+    """``lease_event``: "new" on the Permit that made the lease, "held" on every later one,
+    and "held" for a lease another writer made before the server started (``scas-admin who``
+    tells the start of a tenure from these)."""
+    gridmapdir = tmp_path / "gmd"
+    gridmapdir.mkdir()
+    site = pool_site(tmp_path, gridmapdir)
+    server = Server(site, site.write_config())
+    try:
+        assert ask(server, site).decision == "Permit"
+        made = site.audit_lines()[-1]
+        assert (made["decision"], made["lease_event"]) == ("Permit", "new")
+        assert ask(server, site).decision == "Permit"
+        again = site.audit_lines()[-1]
+        assert again["lease_event"] == "held" and again["account"] == made["account"]
+    finally:
+        server.stop()
+    server = Server(site, site.write_config())  # a restart: the lease is older than the server
+    try:
+        assert ask(server, site).decision == "Permit"
+        assert site.audit_lines()[-1]["lease_event"] == "held"
+    finally:
+        server.stop()

@@ -107,5 +107,5 @@ class PoolAccount(Plugin):
             return lease_failure(ctx, NAME, exc)
         if not add_account(ctx, lease.account, NAME):
             return False
-        ctx.data.set_poolindex(lease.name)
+        ctx.data.set_poolindex(lease.name, new=not lease.reused)
         return True

@@ -166,7 +166,7 @@ class VomsPoolAccount(_VomsAccount):
                 return lease_failure(ctx, self.label, exc)
             if not self._finish(ctx, lease.account):
                 return False
-            ctx.data.set_poolindex(lease.name)
+            ctx.data.set_poolindex(lease.name, new=not lease.reused)
             return True
         return ctx.fail(f"{self.label}: no pool account for any FQAN of {dn}",
                         EXHAUSTED if exhausted else None)
