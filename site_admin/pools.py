@@ -277,6 +277,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     docs = [{**describe(r.lease, kind), "directory": path, "outcome": r.outcome,
              "reason": r.reason} for path, kind, r in results]
     lines = [_release_line(d) for d in docs]
+    audit_removals(args, docs, "Released")
     emit(args, {"released": docs}, lines)
     return OK if all(d["outcome"] in ("removed", "superseded", "gone") for d in docs) else PROBLEM
 
@@ -329,6 +330,35 @@ def _release_dn(args: argparse.Namespace) -> list[tuple[str, str, upkeep.Removal
     return out
 
 
+def audit_removals(args: argparse.Namespace, docs: list[dict[str, Any]], event: str) -> None:
+    """One line per removed lease in the server's audit log, so ``who`` sees where a tenure
+    ended. Best effort: the lease is gone either way, so a failure is a warning. The file is
+    only appended to, never created: one made here (as root) would lock the server out."""
+    from scas_server.audit import AuditLog, AuditRecord
+
+    removed = [d for d in docs if d["outcome"] in ("removed", "superseded") and d["account"]]
+    path = load_server_config(args).audit_file if removed else "-"
+    if path == "-":
+        return
+    text = "".join(AuditLog(path).line(AuditRecord(
+        pep=f"scas-admin (uid {os.getuid()})", dn=d.get("dn") or d.get("fqan"),
+        decision=event, account=d["account"], lease=d["lease"],
+        reason=f"scas-admin {event.lower()} (last renewed {d['renewed']})",
+    )) + "\n" for d in removed)  # fmt: skip
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        warn(f"{path}: {event.lower()} not audited: {exc.strerror}")
+        return
+    try:
+        if os.write(fd, text.encode("ascii")) != len(text):
+            warn(f"{path}: {event.lower()} audited only in part (short write)")
+    except OSError as exc:
+        warn(f"{path}: {event.lower()} not audited: {exc.strerror}")
+    finally:
+        os.close(fd)
+
+
 # --- expire --------------------------------------------------------------------------
 
 
@@ -349,6 +379,8 @@ def cmd_expire(args: argparse.Namespace) -> int:
                  f"(--older-than {args.older_than}); {len(kept)} kept because they changed")
     doc = {"older_than": older, "cutoff": iso(cutoff), "dry_run": args.dry_run,
            "expired": done, "kept": kept}
+    if not args.dry_run:
+        audit_removals(args, done, "Expired")
     emit(args, doc, lines)
     return OK
 

@@ -37,6 +37,8 @@ from safetext import one_line
 from site_admin.common import OK, PROBLEM, AdminError, add_common, emit, load_server_config, warn
 from site_admin.pools import iso, stores
 
+#: the audit lines ``who`` reads: a Permit, or scas-admin removing a lease (its ``ended``)
+_KINDS: dict[str, str | None] = {"Permit": None, "Released": "released", "Expired": "expired"}
 _ROTATED = re.compile(r"\.(\d+)(\.gz)?|-(\d{8,14})(\.gz)?")
 
 
@@ -52,6 +54,7 @@ class Permit:
     lease: str | None
     where: str  # file:line
     lease_event: str | None = None  # "new" or "held" (servers since session 5; else None)
+    ended: str | None = None  # "released" or "expired": a scas-admin line, not a Permit
 
     @property
     def key(self) -> str:
@@ -61,7 +64,7 @@ class Permit:
     def doc(self) -> dict[str, Any]:
         return {"time": stamp(self.time), "dn": self.dn, "fqans": list(self.fqans),
                 "request_id": self.request_id, "pep": self.pep, "lease": self.lease,
-                "lease_event": self.lease_event, "source": self.where}
+                "lease_event": self.lease_event, "ended": self.ended, "source": self.where}
 
 
 def stamp(t: datetime) -> str:
@@ -155,13 +158,14 @@ def _when(text: Any) -> datetime:
 def _permit(raw: bytes, account: str, where: str) -> Permit | None:
     try:
         data = json.loads(raw)
-        if data.get("decision") != "Permit" or data.get("account") != account:
+        decision = data.get("decision")
+        if decision not in _KINDS or data.get("account") != account:
             return None
         return Permit(_when(data["time"]), str(data.get("dn") or ""),
                       tuple(str(f) for f in data.get("fqans") or ()),
                       data.get("request_id"), data.get("pep"), data.get("lease"), where,
                       data.get("lease_event") if data.get("lease_event") in ("new", "held")
-                      else None)  # fmt: skip
+                      else None, _KINDS[decision])  # fmt: skip
     except (ValueError, KeyError, TypeError, AttributeError):
         warn(f"{where}: not an audit line (skipped)")
         return None
@@ -206,6 +210,8 @@ def answer(permits: list[Permit], at: datetime, seen: dict[str, Any] | None) -> 
     looked, that state is the answer: free means nobody; a lease the audit does not explain
     is given from the lease name.
     """
+    ends = [p for p in permits if p.ended]
+    permits = [p for p in permits if not p.ended]
     now = seen if seen is not None and seen["state"] == "leased" else None
     before = [i for i, p in enumerate(permits) if p.time <= at]
     present = seen is not None and at.timestamp() >= seen["observed"]
@@ -231,7 +237,13 @@ def answer(permits: list[Permit], at: datetime, seen: dict[str, Any] | None) -> 
         end += 1
     prev = permits[start - 1] if start > 0 else None
     nxt = permits[end + 1] if end + 1 < len(permits) else None
-    certainty, notes = _certainty(holder, permits[end], nxt, at, now)
+    closing = next((e for e in ends if e.key == holder.key and e.time >= permits[end].time
+                    and (nxt is None or e.time <= nxt.time)), None)  # fmt: skip
+    if closing is not None and closing.time <= at:
+        return _nobody(seen, [f"{holder.dn}'s lease ended before TIME: {closing.ended} at "
+                              f"{stamp(closing.time)} ({closing.where}); no Permit for the "
+                              "account between then and TIME"])
+    certainty, notes = _certainty(holder, permits[end], nxt, at, now, closing)
     marks: dict[int, list[str]] = {}
     if prev is not None:
         marks.setdefault(start - 1, []).append("previous holder last seen")
@@ -243,6 +255,9 @@ def answer(permits: list[Permit], at: datetime, seen: dict[str, Any] | None) -> 
     if nxt is not None:
         marks.setdefault(end + 1, []).append("next holder first seen")
     events = [{"event": "; ".join(m), **permits[k].doc()} for k, m in sorted(marks.items())]
+    if closing is not None:
+        events.append({"event": f"lease {closing.ended}", **closing.doc()})
+        events.sort(key=lambda e: e["time"])
     return {
         "found": True, "certainty": certainty, "source": "audit", "holder": holder.doc(),
         "events": events, "gridmapdir": seen, "notes": notes,
@@ -262,7 +277,8 @@ def _first_seen(first: Permit, prev: Permit | None) -> str:
 
 
 def _certainty(
-    holder: Permit, last: Permit, nxt: Permit | None, at: datetime, now: dict[str, Any] | None
+    holder: Permit, last: Permit, nxt: Permit | None, at: datetime, now: dict[str, Any] | None,
+    closing: Permit | None = None,
 ) -> tuple[str, list[str]]:
     at_ts = at.timestamp()
     if now is not None and now["lease"] != holder.key and now["mtime"] <= at_ts:
@@ -270,6 +286,9 @@ def _certainty(
             f"the gridmapdir has {now['dn']} holding the account, unrenewed since "
             f"{now['renewed']} (before TIME), with no audit line for it: another writer "
             "(C LCMAPS, another server) leased it, so the holder at TIME may be that key"]
+    if closing is not None:  # audited end after TIME: held from the Permit until then
+        return "certain", [f"the lease was {closing.ended} at {stamp(closing.time)} "
+                           f"({closing.where}), after TIME"]
     if last.time >= at:
         return "certain", []
     if now is not None and now["lease"] == holder.key and nxt is None and now["mtime"] <= at_ts:
@@ -277,7 +296,8 @@ def _certainty(
     until = f" until the next holder at {stamp(nxt.time)}" if nxt else ""
     return "probable", [
         f"no Permit for the account after {stamp(last.time)}{until}: the lease may have "
-        "been released or expired in between (releases and expiry are not audited)"]
+        "been released or expired in between (scas-admin audits its releases and expiry; "
+        "other writers, C LCMAPS among them, do not)"]
 
 
 def _nobody(seen: dict[str, Any] | None, notes: list[str]) -> dict[str, Any]:

@@ -102,6 +102,7 @@ def write_site(root: Path, accounts: list[str], *, pool_map: str | None = None,
         'policies: [{resource: "*", action: "*", lcmaps: [standard]}]\n'
         "audit: {file: audit.log}\n"
     )
+    (root / "audit.log").touch()  # a server that has run has one; scas-admin never makes it
     return AdminSite(root, gmd, groupdir, config)
 
 
@@ -219,6 +220,10 @@ def test_release_by_account(site: AdminSite) -> None:
     assert (site.lease_path(ALICE)).exists()  # nobody else's lease went
     assert not [n for n in os.listdir(site.gmd) if n.startswith(".lease-claim.")
                 and os.lstat(site.gmd / n).st_nlink == 1]
+    audited = [json.loads(x) for x in (site.root / "audit.log").read_text().splitlines()]
+    assert [(a["decision"], a["account"], a["lease"]) for a in audited] == [
+        ("Released", carol, lease_name(CAROL))]  # fmt: skip
+    assert audited[0]["pep"].startswith("scas-admin (uid ")
     code, _, err = site.run("release", carol)
     assert code == 1 and err == f"scas-admin: {carol} is not leased\n"
     code, _, err = site.run("release", "nobody9")
@@ -269,6 +274,7 @@ def test_expire_dry_run_changes_nothing(site: AdminSite) -> None:
     code, out, _ = site.run("expire", "--older-than", "7d", "--dry-run")
     assert code == 0 and out.splitlines()[-1].startswith("would expire 3 lease(s)")
     assert snapshot(site.gmd) == before
+    assert (site.root / "audit.log").read_text() == ""  # a dry run audits nothing
 
 
 def test_expire_removes_old_leases_only(site: AdminSite) -> None:
@@ -281,6 +287,8 @@ def test_expire_removes_old_leases_only(site: AdminSite) -> None:
     expired = sorted(d["lease"] for d in doc["expired"])
     assert expired == sorted([lease_name(OLDIE), "%2fcn%3dghost"])
     assert os.lstat(site.gmd / "old7").st_nlink == 1
+    audited = [json.loads(x) for x in (site.root / "audit.log").read_text().splitlines()]
+    assert [(a["decision"], a["account"]) for a in audited] == [("Expired", "old7")]
     assert site.lease_path(BOB).exists() and site.lease_path(ALICE).exists()
     assert not (site.gmd / stale_claim).exists()
     code, doc = site.json("expire", "--older-than", "90m")

@@ -199,6 +199,7 @@ def test_who_reads_dateext_files_and_survives_damage(site: AdminSite) -> None:
 def test_who_bad_input(site: AdminSite) -> None:
     code, out, err = site.run("who", "atlas001", "--at", "yesterday")
     assert (code, out) == (2, "") and err.startswith("scas-admin: --at 'yesterday'")
+    (site.root / "audit.log").unlink()
     code, out, err = site.run("who", "atlas001", "--at", "now")
     assert (code, out) == (2, "") and "audit.log: no such file" in err
     text = site.config.read_text().replace("audit: {file: audit.log}", "audit: {file: '-'}")
@@ -306,3 +307,30 @@ def test_who_names_the_request_that_made_the_lease(site: AdminSite) -> None:
     code, doc = site.json("who", "atlas001", "--at", iso_at(t_carol))
     start = next(e for e in doc["events"] if e["request_id"] == "c1")
     assert start["event"].startswith("first seen, lease already held")
+
+
+def test_who_sees_an_audited_release_end_the_tenure(site: AdminSite) -> None:
+    """scas-admin release writes a line; before it the holder is certain, after it nobody."""
+    audit = site.root / "audit.log"
+    GridmapDir(site.gmd).acquire("atlas", ALICE)
+    permit(audit, ALICE, "atlas001", "a1", lease_event="new")
+    t_held = moment()
+    code, _, err = site.run("release", "atlas001")
+    assert code == 0 and err == ""
+    t_after = moment()
+    code, doc = site.json("who", "atlas001", "--at", iso_at(t_held))
+    assert code == 0 and doc["certainty"] == "certain" and doc["holder"]["dn"] == ALICE
+    assert "released at" in doc["notes"][0] and doc["events"][-1]["event"] == "lease released"
+    code, doc = site.json("who", "atlas001", "--at", iso_at(t_after))
+    assert code == 1 and not doc["found"]
+    assert doc["notes"][0].startswith(f"{ALICE}'s lease ended before TIME: released at")
+
+
+def test_release_without_an_audit_file_warns_and_makes_none(site: AdminSite) -> None:
+    """The audit file is the server's: scas-admin appends, never creates (as root it would
+    lock the server out of its own log)."""
+    (site.root / "audit.log").unlink()
+    GridmapDir(site.gmd).acquire("atlas", ALICE)
+    code, _, err = site.run("release", "atlas001")
+    assert code == 0 and "released not audited: No such file or directory" in err
+    assert not (site.root / "audit.log").exists()
