@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import stat
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -345,13 +346,16 @@ def audit_removals(args: argparse.Namespace, docs: list[dict[str, Any]], event: 
         decision=event, account=d["account"], lease=d["lease"],
         reason=f"scas-admin {event.lower()} (last renewed {d['renewed']})",
     )) + "\n" for d in removed)  # fmt: skip
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, flags)  # O_NONBLOCK: a FIFO put there cannot hang us
     except OSError as exc:
         warn(f"{path}: {event.lower()} not audited: {exc.strerror}")
         return
     try:
-        if os.write(fd, text.encode("ascii")) != len(text):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            warn(f"{path}: {event.lower()} not audited: not a regular file")
+        elif os.write(fd, text.encode("ascii")) != len(text):
             warn(f"{path}: {event.lower()} audited only in part (short write)")
     except OSError as exc:
         warn(f"{path}: {event.lower()} not audited: {exc.strerror}")

@@ -334,3 +334,13 @@ def test_release_without_an_audit_file_warns_and_makes_none(site: AdminSite) -> 
     code, _, err = site.run("release", "atlas001")
     assert code == 0 and "released not audited: No such file or directory" in err
     assert not (site.root / "audit.log").exists()
+
+
+def test_release_with_a_fifo_for_an_audit_file_neither_hangs_nor_writes(site: AdminSite) -> None:
+    """Whoever owns the log directory could put a FIFO there: root must not block on it."""
+    (site.root / "audit.log").unlink()
+    os.mkfifo(site.root / "audit.log")
+    GridmapDir(site.gmd).acquire("atlas", ALICE)
+    code, _, err = site.run("release", "atlas001")
+    assert code == 0 and "released not audited" in err
+    assert not os.path.exists(site.gmd / lease_name(ALICE))
