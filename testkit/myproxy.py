@@ -150,6 +150,12 @@ class _Listener:
             conn, _ = self.sock.accept()
         except TimeoutError:
             return
+        except OSError as exc:  # out of descriptors, say: log it and keep listening
+            if not self._stop.is_set():
+                with open(self.log, "ab") as log:
+                    log.write(f"testkit.myproxy: accept failed: {exc}\n".encode())
+                time.sleep(0.05)
+            return
         with conn, open(self.log, "ab") as log:
             try:
                 conn.settimeout(None)
