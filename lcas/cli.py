@@ -35,6 +35,7 @@ from datetime import datetime
 
 from lcas.plugin_api import LcasUnavailable, Verdict
 from safetext import one_line
+from sitefiles.oneshot import finish
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,17 +75,8 @@ def _error(message: str, as_json: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; the exit code.
-
-    From the command line (``argv`` None) the process ends here, with ``os._exit`` after
-    flushing: a one-shot has nothing left to clean up, and the interpreter's teardown (freeing
-    every object of every imported module) would add tens of milliseconds to each run."""
-    code = _run(argv)
-    if argv is None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    """Run the command; the exit code (from the command line: see :mod:`sitefiles.oneshot`)."""
+    return finish(_run, argv)
 
 
 def _run(argv: Sequence[str] | None) -> int:

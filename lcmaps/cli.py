@@ -27,6 +27,8 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from sitefiles.oneshot import finish
+
 
 class _Formatter(argparse.HelpFormatter):
     """argparse's formatter, sized without importing shutil (and with it bz2, lzma, zlib:
@@ -80,17 +82,8 @@ def _error(reason: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; the exit code.
-
-    From the command line (``argv`` None) the process ends here, with ``os._exit`` after
-    flushing: a one-shot has nothing left to clean up, and the interpreter's teardown (freeing
-    every object of every imported module) would add tens of milliseconds to each run."""
-    code = _run(argv)
-    if argv is None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    """Run the command; the exit code (from the command line: see :mod:`sitefiles.oneshot`)."""
+    return finish(_run, argv)
 
 
 def _run(argv: Sequence[str] | None) -> int:
