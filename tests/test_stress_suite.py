@@ -200,3 +200,15 @@ def test_scale_bench_runs_every_combination_and_leaves_passwd_alone() -> None:
     assert all(r["warm_us"] > 0 for r in rows)
     with open("/etc/passwd", "rb") as fh:
         assert fh.read() == before
+
+
+@pytest.mark.parametrize("argv,reason", [
+    (["--modes", "keepalive-repeat,nope"], "--modes: choose from keepalive-repeat,"),
+    (["--duration", "0"], "need a positive duration"),
+    (["--fresh", "1", "--clients", "4"], "need a positive duration, a repeat, a client"),
+])  # fmt: skip
+def test_pinned_http_bench_refuses_bad_arguments(argv: list[str], reason: str) -> None:
+    """Refused before anything is built: exit 2 and argparse's one-line reason."""
+    run = subprocess.run([sys.executable, "-m", "stress.bench_http", *argv],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
+    assert run.returncode == 2 and reason in run.stderr and run.stdout == ""
