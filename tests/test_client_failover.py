@@ -190,10 +190,16 @@ def fake(env: Pki) -> Iterator[Callable[..., Fake]]:
         f.close()
 
 
+_HELD: list[socket.socket] = []
+
+
 def closed_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"https://localhost:{s.getsockname()[1]}"
+    """A port that refuses connections: bound but never listening, and kept bound for the
+    run, so no server started later gets it (a released port did come back, in CI)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _HELD.append(s)
+    return f"https://localhost:{s.getsockname()[1]}"
 
 
 def client(env: Pki, urls: list[str], **kw: object) -> FailoverClient:
