@@ -10,6 +10,7 @@ Every refusal checks its exit code, the status record and that nothing was left 
 from __future__ import annotations
 
 import base64
+import fcntl
 import grp
 import json
 import os
@@ -338,12 +339,14 @@ def test_exec_mode_replaces_the_helper(site: Site) -> None:
 
 def test_stray_descriptors_are_closed(site: Site) -> None:
     stray = os.open("/dev/null", os.O_RDONLY)
-    os.dup2(stray, 47)
+    # F_DUPFD takes the lowest free number >= 47 in one step; dup2 onto 47 can fail with
+    # EBUSY while another thread of this process is opening a descriptor (seen in CI)
+    high = fcntl.fcntl(stray, fcntl.F_DUPFD, 47)
     try:
-        res = run_helper(site, ["/usr/bin/ls", "/proc/self/fd"], extra_fds=(47,))
+        res = run_helper(site, ["/usr/bin/ls", "/proc/self/fd"], extra_fds=(high,))
     finally:
         os.close(stray)
-        os.close(47)
+        os.close(high)
     assert res.code == 0, res.stderr
     assert sorted(int(fd) for fd in res.stdout.split()) == [0, 1, 2, 3]  # 3: ls's own
 
