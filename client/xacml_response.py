@@ -224,12 +224,29 @@ def _template(shape: _Shape, answer: _Answer) -> list[Any]:
     return found
 
 
-def _echo(answer: _Answer) -> bytes:
-    """The echoed Request as it serialises below the response's Statement.
+#: echoes already serialised, by (SOAP 1.2?, query namespace, Request element): a server
+#: that remembers parsed requests (scas_server.request_memo) hands back the same element
+_echoed: dict[tuple[bool, str, etree._Element], bytes] = {}
+_ECHOES_KEPT = 256
 
-    A copy is placed under an envelope with the response's namespace declarations (kept per
-    thread), so lxml reconciles its namespaces exactly as in the full tree.
-    """
+
+def _echo(answer: _Answer) -> bytes:
+    """The echoed Request as it serialises below the response's Statement (an element is
+    never changed after its parse, so its echo is serialised once)."""
+    assert answer.echo is not None
+    key = (answer.use12, answer.query_ns, answer.echo)
+    found = _echoed.get(key)
+    if found is None:
+        found = _serialise_echo(answer)
+        if len(_echoed) >= _ECHOES_KEPT:
+            _echoed.clear()
+        _echoed[key] = found
+    return found
+
+
+def _serialise_echo(answer: _Answer) -> bytes:
+    """A copy is placed under an envelope with the response's namespace declarations (kept
+    per thread), so lxml reconciles its namespaces exactly as in the full tree."""
     key = (answer.use12, answer.query_ns)
     holders = getattr(_local, "holders", None)
     if holders is None:

@@ -145,6 +145,20 @@ class Engine:
         for p in self.plugins.values():
             p.terminate()
 
+    def memo_safe(self, policies: Sequence[str] | None = None) -> bool:
+        """May a mapping by ``policies`` be reused for a short time? Only when every plugin
+        they can reach says so (:attr:`Plugin.memo_safe`), and not while explaining."""
+        if self.observer is not None or self.store_factory is not None:
+            return False
+        selected = set(policies) if policies else None
+        for policy in self.policies:
+            if selected is not None and policy.name not in selected:
+                continue
+            states = {s for r in policy.rules for s in (r.state, r.true_branch, r.false_branch)}
+            if not all(self.plugins[module_name(s)].memo_safe for s in states if s is not None):
+                return False
+        return True
+
     @staticmethod
     def _find(policy: Policy, state: str | None) -> Rule | None:
         if state is None:

@@ -161,6 +161,12 @@ class Plugin:
     name: ClassVar[str] = "plugin"
     #: C plugins without ``plugin_verify`` make a VERIFICATION run fail.
     has_verify: ClassVar[bool] = True
+    #: The outcome depends only on the request, the files the plugin reads and the leases it
+    #: takes through a lease store: the server may then reuse a mapping for a short time
+    #: (``scas_server.mapping_memo``), replaying the leases. False for plugins with other
+    #: effects or inputs (LDAP, a remote SCAS, enforcement), and for LCMAPS ban lists, so
+    #: that a ban there counts from the next query.
+    memo_safe: ClassVar[bool] = False
 
     def __init__(self, argv: Sequence[str]) -> None:
         self.argv = tuple(argv)

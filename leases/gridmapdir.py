@@ -109,6 +109,7 @@ from leases.store import (
     PoolExhausted,
     WrongPool,
     check_counter,
+    note_acquired,
 )
 
 __all__ = [
@@ -327,10 +328,19 @@ class GridmapDir(LeaseStore):
             raise LeaseArgumentError("empty pool prefix")
         name = self._leasefile(leasename, counter)
         if requested is not None:
-            return self._requested(pool, name, requested, strict_prefix, override_inconsistency)
+            lease = self._requested(pool, name, requested, strict_prefix, override_inconsistency)
+        else:
+            lease = self._pool_lease(pool, name, strict_prefix, override_inconsistency)
+        options = {"mapcounter": mapcounter, "max_mappings": max_mappings,
+                   "requested": requested, "strict_prefix": strict_prefix,
+                   "override_inconsistency": override_inconsistency}  # fmt: skip
+        note_acquired(self, pool, leasename, options, lease)
+        return lease
+
+    def _pool_lease(self, pool: str, name: str, strict: bool, override: bool) -> Lease:
         for attempt in range(self.race_retries + 1):
             try:
-                return self._pool_mapping(pool, name, strict_prefix, override_inconsistency)
+                return self._pool_mapping(pool, name, strict, override)
             except (_Raced, _Busy):
                 if attempt < self.race_retries:
                     time.sleep(random.uniform(0.0005, 0.005) * (attempt + 1))

@@ -7,9 +7,12 @@ SCAS replicas can later put leases in a shared database; ``GridmapDir`` in
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from safetext import one_line
 
@@ -186,3 +189,49 @@ def check_counter(mapcounter: int | None, max_mappings: int) -> int | None:
     return mapcounter
 
 
+
+
+# --- acquisitions, for a caller that remembers a mapping ---------------------
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """One ``acquire`` call and the lease it returned.
+
+    The server remembers a mapping for a short time (``scas_server.mapping_memo``); before it
+    answers from memory it replays every acquisition the mapping made. A replay is the same
+    call: it re-checks the lease in the store and touches it, as any use does.
+    """
+
+    store: LeaseStore
+    pool: str
+    leasename: str | bytes
+    options: tuple[tuple[str, Any], ...]
+    lease: Lease
+
+    def replay(self) -> Lease:
+        """Acquire again (raises as ``acquire`` does)."""
+        return self.store.acquire(self.pool, self.leasename, **dict(self.options))
+
+
+_recorder = threading.local()  # per greenlet under gevent's monkey-patching
+
+
+@contextmanager
+def recording() -> Iterator[list[Acquired]]:
+    """Collect, in this thread, every acquisition made inside the block."""
+    calls: list[Acquired] = []
+    outer = getattr(_recorder, "calls", None)
+    _recorder.calls = calls
+    try:
+        yield calls
+    finally:
+        _recorder.calls = outer
+
+
+def note_acquired(store: LeaseStore, pool: str, leasename: str | bytes,
+                  options: dict[str, Any], lease: Lease) -> None:  # fmt: skip
+    """Called by a store for each lease it returns; kept only inside :func:`recording`."""
+    calls: list[Acquired] | None = getattr(_recorder, "calls", None)
+    if calls is not None:
+        calls.append(Acquired(store, pool, leasename, tuple(options.items()), lease))

@@ -98,6 +98,7 @@ class ServerConfig:
     audit_file: str = "-"
     max_body: int = DEFAULT_MAX_BODY
     max_depth: int = DEFAULT_MAX_DEPTH
+    mapping_cache_seconds: float = 1.0  # lcmaps.cache_seconds: see scas_server.mapping_memo
     trust_pep_attributes: bool = False
     issuer: str = field(default_factory=socket.getfqdn)
     log_level: str = "info"
@@ -346,8 +347,10 @@ def parse_config(path: str, data: Any) -> ServerConfig:
 
     lcas = chk.section("lcas", {"db"}, required=True)
     lcas_db = chk.file(lcas, "db", "lcas.db")
-    lcmaps = chk.section("lcmaps", {"db"}, required=True)
+    lcmaps = chk.section("lcmaps", {"db", "cache_seconds"}, required=True)
     lcmaps_db = chk.file(lcmaps, "db", "lcmaps.db")
+    cache_seconds = chk.get(lcmaps, "cache_seconds", "lcmaps.cache_seconds", (int, float), 1.0,
+                            check=_non_negative(60))
     policies = _policies(chk)
     ticket = _ticket(chk)
 
@@ -397,6 +400,7 @@ def parse_config(path: str, data: Any) -> ServerConfig:
         vomsdir=vomsdir,
         pep_allow=tuple(pep_allow),
         monitor_allow=tuple(monitor_allow),
+        mapping_cache_seconds=float(cache_seconds),
         pidfile=pidfile,
         allowed_uids=tuple(uids) if uids is not None else None,
         lcas_db=lcas_db,

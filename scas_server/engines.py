@@ -73,6 +73,7 @@ class Engines:
         self.lcas = lcas
         self.lcmaps = lcmaps
         self.policy_names = tuple(policy_names)
+        self._memo_safe: dict[tuple[str, ...], bool] = {}
 
     @property
     def lcmaps_plugins(self) -> tuple[str, ...]:
@@ -81,6 +82,14 @@ class Engines:
     @property
     def lcas_plugins(self) -> tuple[str, ...]:
         return self.lcas.plugin_names
+
+    def memo_safe(self, policies: Sequence[str]) -> bool:
+        """May a mapping by ``policies`` be reused briefly (``scas_server.mapping_memo``)?"""
+        key = tuple(policies)
+        found = self._memo_safe.get(key)
+        if found is None:
+            found = self._memo_safe[key] = self.lcmaps.memo_safe(key)
+        return found
 
     def lease_stores(self) -> list[LeaseStore]:
         """Every lease store the LCMAPS plugins write, once each."""

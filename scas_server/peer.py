@@ -31,7 +31,7 @@ import ssl
 import struct
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
@@ -60,6 +60,8 @@ class Peer:
     uid: int | None = None
     gid: int | None = None
     pid: int | None = None
+    #: ``chain`` as PEM, made once per connection (the revocation check reads it per query)
+    pem: bytes = field(default=b"", compare=False, repr=False)
 
     def describe(self) -> str:
         """Short text for the audit log."""
@@ -133,6 +135,7 @@ def _tls_peer(sock: ssl.SSLSocket) -> Peer:
         subject=oneline(chain[ee_index].subject),
         is_proxy=ee_index > 0,
         chain=tuple(chain),
+        pem=_pem(chain),
     )
 
 
@@ -152,6 +155,10 @@ def peer_of(sock: object) -> Peer:
     return Peer("none")
 
 
+def _pem(chain: Any) -> bytes:
+    return b"".join(c.public_bytes(Encoding.PEM) for c in chain)
+
+
 def chain_pem(peer: Peer) -> bytes:
     """The PEP's verified chain as PEM (for an explicit revocation check)."""
-    return b"".join(c.public_bytes(Encoding.PEM) for c in peer.chain)
+    return peer.pem or _pem(peer.chain)

@@ -147,6 +147,27 @@ def _process_cpu(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+@contextmanager
+def profiled(pids: list[int], out: str | None, seconds: float) -> Iterator[None]:
+    """py-spy samples the server's worker (the last pid) into ``out``, collapsed stacks."""
+    if out is None:
+        yield
+        return
+    spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    proc = subprocess.Popen([spy, "record", "--pid", str(pids[-1]), "--format", "raw",
+                             "--rate", "250", "--duration", str(max(1, int(seconds))),
+                             "--nonblocking", "-o", out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        yield
+    finally:
+        try:
+            proc.wait(seconds + 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def measure(target: Target, bodies: list[bytes], mode: str, endpoint: str, seconds: float,
             clients: int, cpu: int, server_pids: list[int],
             must_last: bool = True) -> RunFigures:  # fmt: skip
@@ -313,8 +334,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             pool = fresh * (1 + int(5000 * args.duration) // len(fresh))
                         print(f"repeat {rep + 1}/{args.repeats}: {mode} {endpoint} ...",
                               file=sys.stderr, flush=True)  # fmt: skip
-                        fig = measure(targets[endpoint], pool, mode, endpoint, args.duration,
-                                      args.clients, gen_cpu, pids[endpoint])  # fmt: skip
+                        out = None
+                        if args.profile and endpoint == "scas":
+                            out = os.path.join(args.profile, f"{mode}-{rep + 1}.txt")
+                        with profiled(pids[endpoint], out, args.duration):
+                            fig = measure(targets[endpoint], pool, mode, endpoint,
+                                          args.duration, args.clients, gen_cpu,
+                                          pids[endpoint])  # fmt: skip
                         if pool is fresh and endpoint == "scas":  # never send one twice
                             fresh = fresh[fig.most_by_one * args.clients:]
                         runs.append(fig)
@@ -391,11 +417,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", type=int, default=6000,
                         help="fresh VOMS proxies to make (each is sent to scas-server once)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="sample scas-server's worker with py-spy during each of its runs "
+                             "into DIR/MODE-REPEAT.txt (collapsed stacks; the sampling costs "
+                             "the server a few per cent, so do not quote those runs' rates)")
     args = parser.parse_args(argv)
     if not args.modes or set(args.modes) - set(MODES):
         parser.error(f"--modes: choose from {','.join(MODES)}")
     if args.duration <= 0 or args.repeats < 1 or args.clients < 1 or args.fresh < args.clients:
         parser.error("need a positive duration, a repeat, a client and a fresh proxy each")
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
     before = os.getloadavg()[0]
     try:
         with site.pool_accounts():

@@ -23,6 +23,7 @@ def _digits(value: str, opt: str) -> int:
 
 
 class DummyGood(Plugin):
+    memo_safe = True
     name = "dummy_good"
 
     def __init__(self, argv: Sequence[str]) -> None:
@@ -86,6 +87,7 @@ class DummyBad(Plugin):
 class VomsNoop(Plugin):
     """lcmaps_voms.mod: deprecated (VOMS parsing moved into the core); succeeds."""
 
+    memo_safe = True
     name = "voms"
 
     def run(self, ctx: RunContext) -> bool:

@@ -25,6 +25,7 @@ NAME = "lcmaps_localaccount"
 
 
 class LocalAccount(Plugin):
+    memo_safe = True
     name = "localaccount"
 
     def __init__(self, argv: Sequence[str]) -> None:

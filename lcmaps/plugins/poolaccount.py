@@ -42,6 +42,7 @@ def gridmapdir_for(path: str | None) -> LeaseStore | None:
 
 
 class PoolAccount(Plugin):
+    memo_safe = True
     name = "poolaccount"
 
     def __init__(self, argv: Sequence[str]) -> None:

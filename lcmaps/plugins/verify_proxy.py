@@ -37,6 +37,7 @@ def parse_period(text: str) -> timedelta | None:
 
 
 class VerifyProxy(Plugin):
+    memo_safe = True
     name = "verify_proxy"
 
     def __init__(self, argv: Sequence[str]) -> None:

@@ -36,6 +36,7 @@ from sitefiles.plugins import ArgWalker, parse_int, parse_yes_no
 
 
 class _VomsAccount(Plugin):
+    memo_safe = True
     label = "lcmaps_voms_account"
     pool = False
 

@@ -27,6 +27,7 @@ GROUPMAPDIR_OPTS = ("-groupmapdir", "-GROUPMAPDIR")
 
 
 class _VomsGroup(Plugin):
+    memo_safe = True
     label = "lcmaps_voms_group"
     pool = False
 
