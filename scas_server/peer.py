@@ -102,8 +102,9 @@ class _Chains:
 CHAINS = _Chains()
 
 
-def _verified_chain(sock: ssl.SSLSocket) -> list[x509.Certificate]:
-    """The chain that verified at this connection's handshake, also on a resumed session."""
+def _verified_ders(sock: ssl.SSLSocket) -> list[bytes]:
+    """The chain that verified at this connection's handshake (DER, leaf first), also on a
+    resumed session."""
     sslobj = getattr(sock, "_sslobj", None)
     getter = getattr(sock, "get_verified_chain", None) or getattr(
         sslobj, "get_verified_chain", None
@@ -115,17 +116,46 @@ def _verified_chain(sock: ssl.SSLSocket) -> list[x509.Certificate]:
     else:  # resumed: the session kept the leaf only
         leaf = sock.getpeercert(binary_form=True)
         ders = (CHAINS.recall(leaf) or [leaf]) if leaf else []
-    return [x509.load_der_x509_certificate(d) for d in ders]
+    return ders
+
+
+class _Peers:
+    """TLS peers by their verified chain's DER: a PEP that connects per query is the same
+    caller each time, so its certificates are parsed once (bounded, least recent out)."""
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[tuple[bytes, ...], Peer] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, ders: tuple[bytes, ...]) -> Peer:
+        with self._lock:
+            found = self._items.get(ders)
+            if found is not None:
+                self._items.move_to_end(ders)
+                return found
+        made = _parse_peer(ders)
+        with self._lock:
+            self._items[ders] = made
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+        return made
+
+
+PEERS = _Peers()
 
 
 def _tls_peer(sock: ssl.SSLSocket) -> Peer:
+    ders = tuple(_verified_ders(sock))
+    return PEERS.get(ders) if ders else Peer("tls")
+
+
+def _parse_peer(ders: tuple[bytes, ...]) -> Peer:
     from credentials.dn import oneline
     from credentials.errors import CredentialError
     from credentials.proxy_chain import classify
 
-    chain = _verified_chain(sock)
-    if not chain:
-        return Peer("tls")
+    chain = [x509.load_der_x509_certificate(d) for d in ders]
     try:
         _, _, ee_index = classify(chain)
     except CredentialError:
