@@ -79,6 +79,13 @@ leave the same mtime; a listing is only remembered once the directory's mtime is
 in the same tick as a change is never reused.
 
 Misses cost CPU, never correctness: an evicted entry is verified again in full.
+
+Re-check interval. A hit ``stat``-s the files it rests on (the CA directory, the issuers'
+certificates and CRLs, the vomsdir and ``.lsc`` files): eight to eleven calls for a VOMS
+proxy, a tenth of a warm query in the server. :func:`set_recheck_seconds` lets a long-lived
+process (the server, from ``trust.recheck_seconds``) reuse a ``stat`` result for that many
+seconds, so a replaced CRL or CA file counts within that time instead of from the next
+query. The default, 0, is what every one-shot command keeps: each verification looks.
 """
 
 from __future__ import annotations
@@ -103,7 +110,7 @@ __all__ = [
     "MEMO_MAX_BYTES", "MEMO_MAX_ENTRIES", "RACY_SECONDS", "BoundedLRU", "FileState",
     "Listing", "MiB", "Remembered", "Verdict", "VerdictCache", "canonical_chain_key",
     "chain_key", "dir_listing", "file_state", "files_size", "forget_chain_key", "one_look",
-    "settled", "stat_of", "watch_files",
+    "set_recheck_seconds", "settled", "stat_of", "watch_files",
 ]  # fmt: skip
 
 FileState = tuple[str, int, int, int]  # path, inode, size, mtime_ns (-1s: absent)
@@ -199,17 +206,46 @@ def one_look() -> Iterator[None]:
         _look.stats = None
 
 
+_recheck = 0.0  # see "Re-check interval" above
+_recent: dict[str, tuple[float, os.stat_result | None]] = {}
+_RECENT_MAX = 4096
+
+
+def set_recheck_seconds(seconds: float) -> None:
+    """Reuse a ``stat`` result for ``seconds`` (0: never), process-wide."""
+    global _recheck
+    _recheck = max(0.0, float(seconds))
+    _recent.clear()
+
+
 def stat_of(path: str) -> os.stat_result | None:
-    """``os.stat(path)`` (None if it fails), once per :func:`one_look` block."""
+    """``os.stat(path)`` (None if it fails), once per :func:`one_look` block, and at most
+    once per re-check interval when one is set."""
     seen: dict[str, os.stat_result | None] | None = getattr(_look, "stats", None)
     if seen is not None and path in seen:
         return seen[path]
-    try:
-        st: os.stat_result | None = os.stat(path)
-    except OSError:
-        st = None
+    st = _stat_now(path) if _recheck > 0 else _stat(path)
     if seen is not None:
         seen[path] = st
+    return st
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _stat_now(path: str) -> os.stat_result | None:
+    now = time.monotonic()
+    found = _recent.get(path)
+    if found is not None and now - found[0] < _recheck:
+        return found[1]
+    st = _stat(path)
+    if len(_recent) >= _RECENT_MAX:
+        _recent.clear()
+    _recent[path] = (now, st)
     return st
 
 

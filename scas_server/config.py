@@ -99,6 +99,7 @@ class ServerConfig:
     max_body: int = DEFAULT_MAX_BODY
     max_depth: int = DEFAULT_MAX_DEPTH
     mapping_cache_seconds: float = 1.0  # lcmaps.cache_seconds: see scas_server.mapping_memo
+    recheck_seconds: float = 1.0  # trust.recheck_seconds: see credentials.chain_cache
     trust_pep_attributes: bool = False
     issuer: str = field(default_factory=socket.getfqdn)
     log_level: str = "info"
@@ -332,9 +333,11 @@ def parse_config(path: str, data: Any) -> ServerConfig:
     ca_dir = chk.directory(tls, "ca_dir", "tls.ca_dir", required=not unix)
     crl_check = chk.get(tls, "crl_check", "tls.crl_check", bool, True)
 
-    trust = chk.section("trust", {"certdir", "vomsdir"}, required=True)
+    trust = chk.section("trust", {"certdir", "vomsdir", "recheck_seconds"}, required=True)
     certdir = chk.directory(trust, "certdir", "trust.certdir")
     vomsdir = chk.directory(trust, "vomsdir", "trust.vomsdir", required=False)
+    recheck = chk.get(trust, "recheck_seconds", "trust.recheck_seconds", (int, float), 1.0,
+                      check=_non_negative(60))
 
     pep_allow = chk.get(data, "pep_allow", "pep_allow", list, [], check=_patterns)
     monitor_allow = chk.get(data, "monitor_allow", "monitor_allow", list, [], check=_patterns)
@@ -401,6 +404,7 @@ def parse_config(path: str, data: Any) -> ServerConfig:
         pep_allow=tuple(pep_allow),
         monitor_allow=tuple(monitor_allow),
         mapping_cache_seconds=float(cache_seconds),
+        recheck_seconds=float(recheck),
         pidfile=pidfile,
         allowed_uids=tuple(uids) if uids is not None else None,
         lcas_db=lcas_db,

@@ -37,6 +37,7 @@ from typing import Any
 
 from client import xacml
 from client.xacml import AuthzRequest, Decision, XacmlError, ids
+from credentials.chain_cache import set_recheck_seconds
 from credentials.credential import Credential, TrustStore
 from credentials.credential_cache import CredentialCache
 from credentials.errors import CredentialError
@@ -93,6 +94,7 @@ class Pipeline:
         #: why the last audit line could not be written; None once one is written again
         self.audit_error: str | None = None
         self.trust = TrustStore(certdir=config.certdir, vomsdir=config.vomsdir)
+        set_recheck_seconds(config.recheck_seconds)  # process-wide: the last config loaded
         # repeat queries skip the XML parse (request_memo), and with the same chain the
         # parsing and verification of the chain (credential_cache)
         self.requests = RequestMemo(config.max_body)

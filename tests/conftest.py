@@ -20,6 +20,17 @@ JURGEN_DN = "/DC=org/DC=example/O=Users/CN=Jürgen Müller"
 JURGEN_ONELINE = "/DC=org/DC=example/O=Users/CN=J\\xC3\\xBCrgen M\\xC3\\xBCller"
 
 
+@pytest.fixture(autouse=True)
+def _stat_every_time() -> Iterator[None]:
+    """A Pipeline built in-process sets the process-wide stat re-check interval
+    (``trust.recheck_seconds``); every test starts, and leaves, with none."""
+    from credentials.chain_cache import set_recheck_seconds
+
+    set_recheck_seconds(0)
+    yield
+    set_recheck_seconds(0)
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestPKI]:
     yield TestPKI(tmp_path_factory.mktemp("pki"))

@@ -131,7 +131,9 @@ class Site:
 class Server:
     """``scas-server --config`` in a subprocess; stderr goes to ``<dir>/server.log``."""
 
-    def __init__(self, site: Site, settings: dict[str, Any]) -> None:
+    def __init__(
+        self, site: Site, settings: dict[str, Any], config_path: str | None = None
+    ) -> None:
         self.site = site
         self.settings = settings
         self.listen: str = settings["listen"]
@@ -140,7 +142,7 @@ class Server:
         env = dict(os.environ)
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.proc = subprocess.Popen(
-            [SCAS_SERVER, "--config", site.config_path],
+            [SCAS_SERVER, "--config", config_path or site.config_path],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=site.directory,
         )  # fmt: skip
         self.wait_ready()

@@ -123,8 +123,12 @@ def build_site(directory: str, *, lcas_db: str) -> ExplainSite:
     _write(f"{d}/closed.db", "# never: 1971 only\n* * * * 1971 *\n")
     _write(f"{d}/lcas.db", lcas_db)
     _write(f"{d}/lcmaps.db", LCMAPS_DB.format(certdir=site.pki.certdir, d=d, gmd=gmd))
+    # explain reads the files as they are now: the live server it is compared with must too
+    # (no stat re-check interval, no kept mappings)
     settings = site.write_config(
         trust_pep_attributes=True,
+        trust={"certdir": site.pki.certdir, "vomsdir": site.pki.vomsdir, "recheck_seconds": 0},
+        lcmaps={"db": "lcmaps.db", "cache_seconds": 0},
         policies=[
             {"resource": "wn", "action": "execute-now", "lcmaps": ["voms_policy", "dn_policy"]},
             {"resource": "ce", "action": "queue", "lcmaps": ["ce_policy"]},

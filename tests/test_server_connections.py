@@ -19,9 +19,10 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+import yaml
 from cryptography import x509
 from server_harness import PEP_DN, USER_DN, Server, Site
 
@@ -204,19 +205,28 @@ def test_curl_with_resumption(
     assert proc.stdout.split() == ["200"] * n, proc.stderr
 
 
-def test_crl_replaced_on_disk_revokes_at_the_next_query(server: Server, site: Site) -> None:
-    """fetch-crl style (a new file renamed over the old one) and in place: the next
-    connection and the next query on an open connection are refused, with no reload."""
-    pep = site.pki.host("pep2.example.org", "/DC=org/DC=example/CN=pep.two.example.org")
+def _crl_round_trip(srv: Server, site: Site, name: str, settle: float) -> None:
+    """Revoke a PEP by rewriting the CRL in place, then restore it fetch-crl style (a new
+    file renamed over the old one): the open connection and the next one see each change
+    within ``settle`` seconds (0: at the very next query), with no reload."""
+    pep = site.pki.host(f"{name}.example.org", f"/DC=org/DC=example/CN=pep.{name}.example.org")
     cert = (pep.cert_path, pep.key_path)
-    conn = http.client.HTTPSConnection("localhost", server.port, timeout=20,
-                                       context=server.client_context(cert))
+    conn = http.client.HTTPSConnection("localhost", srv.port, timeout=20,
+                                       context=srv.client_context(cert))
 
     def ask(c: http.client.HTTPSConnection) -> int:
         c.request("POST", "/", body=site.query(), headers={"Content-Type": "text/xml"})
         reply = c.getresponse()
         reply.read()
         return reply.status
+
+    def within(want: int, probe: Callable[[], int]) -> int:
+        deadline = time.monotonic() + settle + 0.5
+        got = probe()
+        while settle and got != want and time.monotonic() < deadline:
+            time.sleep(0.05)
+            got = probe()
+        return got
 
     assert ask(conn) == 200
     crl = next(p for p in (os.path.join(site.pki.certdir, f) for f in os.listdir(
@@ -226,15 +236,36 @@ def test_crl_replaced_on_disk_revokes_at_the_next_query(server: Server, site: Si
     with open(pep.cert_path, "rb") as fh:
         site.pki.revoke(x509.load_pem_x509_certificate(fh.read()))  # rewritten in place
     try:
-        assert ask(conn) == 403  # the same connection, its next query
-        assert server.post(site.query(), cert=cert)[0] == 403  # next connection
+        assert within(403, lambda: ask(conn)) == 403  # the same connection
+        assert srv.post(site.query(), cert=cert)[0] == 403  # next connection
         tmp = crl + ".new"
-        with open(tmp, "wb") as fh:  # fetch-crl: the old CRL comes back by rename
+        with open(tmp, "wb") as fh:
             fh.write(before)
         os.replace(tmp, crl)
-        assert server.post(site.query(), cert=cert)[0] == 200
+        assert within(200, lambda: srv.post(site.query(), cert=cert)[0]) == 200
     finally:
         conn.close()
+
+
+def test_crl_replaced_on_disk_revokes_within_the_recheck_interval(
+    server: Server, site: Site
+) -> None:
+    """The default ``trust.recheck_seconds`` (1 s): a CRL change counts within a second."""
+    _crl_round_trip(server, site, "two", settle=1.0)
+
+
+def test_crl_replaced_on_disk_revokes_at_the_next_query_with_recheck_zero(site: Site) -> None:
+    """``trust.recheck_seconds: 0``: every query looks at the files, as C SCAS did."""
+    settings = site.settings(trust={"certdir": site.pki.certdir, "vomsdir": site.pki.vomsdir,
+                                    "recheck_seconds": 0})
+    path = os.path.join(site.directory, "scas-recheck0.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump(settings, fh)
+    srv = Server(site, settings, config_path=path)
+    try:
+        _crl_round_trip(srv, site, "three", settle=0)
+    finally:
+        srv.stop()
 
 
 def test_monitor_allow_reads_health_but_cannot_query(site: Site) -> None:
