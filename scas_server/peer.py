@@ -37,6 +37,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from credentials.lru import BoundedLRU
+
 __all__ = ["ENVIRON_KEY", "Peer", "peer_of"]
 
 ENVIRON_KEY = "scas.peer"
@@ -119,35 +121,20 @@ def _verified_ders(sock: ssl.SSLSocket) -> list[bytes]:
     return ders
 
 
-class _Peers:
-    """TLS peers by their verified chain's DER: a PEP that connects per query is the same
-    caller each time, so its certificates are parsed once (bounded, least recent out)."""
-
-    def __init__(self, max_entries: int = 1024) -> None:
-        self.max_entries = max_entries
-        self._items: OrderedDict[tuple[bytes, ...], Peer] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, ders: tuple[bytes, ...]) -> Peer:
-        with self._lock:
-            found = self._items.get(ders)
-            if found is not None:
-                self._items.move_to_end(ders)
-                return found
-        made = _parse_peer(ders)
-        with self._lock:
-            self._items[ders] = made
-            while len(self._items) > self.max_entries:
-                self._items.popitem(last=False)
-        return made
-
-
-PEERS = _Peers()
+#: TLS peers by their verified chain's DER: a PEP that connects per query is the same
+#: caller each time, so its certificates are parsed once (bounded, least recent out)
+PEERS: BoundedLRU[tuple[bytes, ...], Peer] = BoundedLRU(1024, 32 << 20)
 
 
 def _tls_peer(sock: ssl.SSLSocket) -> Peer:
     ders = tuple(_verified_ders(sock))
-    return PEERS.get(ders) if ders else Peer("tls")
+    if not ders:
+        return Peer("tls")
+    found = PEERS.get(ders)
+    if found is None:
+        found = _parse_peer(ders)
+        PEERS.put(ders, found, 2 * sum(map(len, ders)))  # the DER, then the PEM
+    return found
 
 
 def _parse_peer(ders: tuple[bytes, ...]) -> Peer:
