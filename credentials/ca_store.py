@@ -112,11 +112,11 @@ class Anchors:
             return
         self.files[path] = (path, st.st_ino, st.st_size, st.st_mtime_ns)
         try:
-            certs = x509.load_pem_x509_certificates(data)
+            certs = certbytes.load_pem(data)
         except ValueError:
             return
         for cert in certs:
-            ossl = crypto.X509.from_cryptography(cert)
+            ossl = certbytes.to_openssl(cert, keep=False)
             if _subject_hash(ossl) != stem:
                 continue  # OpenSSL's lookup by hash would not find it under this name
             self.known.setdefault(stem, []).append((ossl, certbytes.der(cert), cert))

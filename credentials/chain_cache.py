@@ -299,15 +299,16 @@ def settled(state: FileState, *, now: float | None = None) -> bool:
     return state[3] < ((now if now is not None else time.time()) - RACY_SECONDS) * 1e9
 
 
-@dataclass(frozen=True)
 class Listing:
     """The entries of one directory: ``names`` sorted; ``files`` the regular files among
-    them; ``by_stem`` the names grouped by the part before their first dot."""
+    them; ``by_stem`` the names grouped by the part before their first dot. Shared by every
+    caller, never changed (a plain class: a dataclass costs a one-shot ~0.5 ms to make)."""
 
-    state: FileState
-    names: tuple[str, ...]
-    files: frozenset[str]
-    by_stem: dict[str, tuple[str, ...]]
+    __slots__ = ("by_stem", "files", "names", "state")
+
+    def __init__(self, state: FileState, names: tuple[str, ...], files: frozenset[str],
+                 by_stem: dict[str, tuple[str, ...]]) -> None:
+        self.state, self.names, self.files, self.by_stem = state, names, files, by_stem
 
 
 _listings: BoundedLRU[str, Listing] = BoundedLRU(LISTING_MAX_ENTRIES, LISTING_MAX_BYTES)

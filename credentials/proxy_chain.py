@@ -112,11 +112,13 @@ class ProxyPolicy:
                 )
 
 
-@dataclass(frozen=True)
 class _ProxyInfo:
-    legacy: bool
-    limited: bool
-    path_len: int | None
+    """One proxy level's kind (a plain class: a dataclass costs a one-shot ~0.5 ms to make)."""
+
+    __slots__ = ("legacy", "limited", "path_len")
+
+    def __init__(self, legacy: bool, limited: bool, path_len: int | None) -> None:
+        self.legacy, self.limited, self.path_len = legacy, limited, path_len
 
 
 def _der_int(body: bytes) -> int:

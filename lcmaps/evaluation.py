@@ -38,9 +38,9 @@ from lcmaps.plugin_api import (
     Request,
     RequestedAccount,
     RunContext,
+    lease_error_type,
 )
 from lcmaps.policy_db import Policy, PolicyDb, PolicyDbError, Rule, module_name
-from leases.store import GridmapDirError
 from safetext import one_line
 from sitefiles.plugins import LazyLogger, load_plugin_class
 
@@ -232,7 +232,7 @@ class Engine:
         plugin = self.plugins[module]  # policy_db checked every state names a module
         try:
             ok = plugin.verify(ctx) if ctx.verifying else plugin.run(ctx)
-        except GridmapDirError as exc:
+        except lease_error_type() as exc:
             if not exc.unavailable:
                 return ctx.fail(f"{module}: {exc}")
             raise MappingUnavailable(f"{module}: {exc}") from None

@@ -16,17 +16,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
-from leases import store_for
 from safetext import one_line
 from sitefiles.plugins import LazyLogger, PluginInitError
 
 if TYPE_CHECKING:
     from credentials.credential import Credential
-    from leases.store import LeaseStore
+    from leases.store import GridmapDirError, LeaseStore
 
 __all__ = [
     "BANNED", "EXHAUSTED", "CredentialData", "Mode", "Plugin", "PluginInitError",
-    "PluginUnavailable", "Request", "RequestedAccount", "RunContext", "lease_store_for",
+    "PluginUnavailable", "Request", "RequestedAccount", "RunContext", "lease_error_type",
+    "lease_store_for",
 ]
 
 log = LazyLogger("lcmaps")
@@ -47,7 +47,20 @@ def lease_store_for(path: str) -> LeaseStore:
     """The lease store the pool plugins use for ``path``: :func:`leases.store_for`, unless
     the running engine was given a factory (``scas-admin explain``'s read-only store)."""
     factory = STORE_FACTORY.get()
-    return factory(path) if factory is not None else store_for(path)
+    if factory is not None:
+        return factory(path)
+    from leases import store_for
+
+    return store_for(path)
+
+
+def lease_error_type() -> type[GridmapDirError]:
+    """:class:`leases.store.GridmapDirError`, imported when first asked for: as ``except
+    lease_error_type() as exc:`` it is only looked up once an exception is being matched, so
+    a run whose plugins lease nothing never imports the lease store (3-5 ms of a one-shot)."""
+    from leases.store import GridmapDirError
+
+    return GridmapDirError
 
 
 class PluginUnavailable(Exception):
@@ -129,6 +142,8 @@ class CredentialData:
 
 @dataclass
 class RunContext:
+    """One run of the engine: the request and what the plugins made of it."""
+
     request: Request
     data: CredentialData = field(default_factory=CredentialData)
     reason: str | None = None  # why the last failing plugin failed

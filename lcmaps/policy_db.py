@@ -52,6 +52,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class Policy:
+    """A named policy: its rules in file order (the first one is where it starts)."""
+
     name: str
     rules: tuple[Rule, ...]
     lineno: int
@@ -71,6 +73,8 @@ class PluginSpec:
 
 @dataclass(frozen=True)
 class PolicyDb:
+    """A parsed lcmaps.db: its policies, and the plugins they name in first-use order."""
+
     filename: str
     module_path: str | None
     variables: dict[str, str]
@@ -150,11 +154,14 @@ _PATH_RULES: list[tuple[str, re.Pattern[str]]] = [
 _STR = re.compile(r'"[^"\n]*["\n]')
 
 
-@dataclass
 class Tok:
-    kind: str  # PVAR LABEL TERM PATH STRING TRANS '=' '|' '~' or a stray char
-    text: str
-    lineno: int
+    """A token (a plain class: each dataclass costs a one-shot ~0.5 ms to make)."""
+
+    __slots__ = ("kind", "lineno", "text")
+
+    def __init__(self, kind: str, text: str, lineno: int) -> None:
+        self.kind = kind  # PVAR LABEL TERM PATH STRING TRANS '=' '|' '~' or a stray char
+        self.text, self.lineno = text, lineno
 
 
 def _lex(text: str, filename: str) -> Iterator[Tok]:
@@ -220,12 +227,15 @@ def _lex(text: str, filename: str) -> Iterator[Tok]:
 # -------------------------------------------------------------------- parser
 
 
-@dataclass
 class _RawRule:
-    state: str
-    true_branch: str | None
-    false_branch: str | None
-    lineno: int
+    """A rule before variables are reduced (a plain class, as :class:`Tok`)."""
+
+    __slots__ = ("false_branch", "lineno", "state", "true_branch")
+
+    def __init__(self, state: str, true_branch: str | None, false_branch: str | None,
+                 lineno: int) -> None:
+        self.state, self.true_branch, self.false_branch = state, true_branch, false_branch
+        self.lineno = lineno
 
 
 class _Parser:

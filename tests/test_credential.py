@@ -322,3 +322,33 @@ def test_credential_garbage_proxy_cert_info_is_malformed(users: dict[str, User])
     )
     with pytest.raises(err.MalformedCredential, match="ProxyCertInfo is not valid DER"):
         load_pem(_hand_made_proxy(alice, subject, garbage))
+
+
+def test_pem_der_is_what_cryptography_encodes(pki: TestPKI, users: dict[str, User],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """certbytes takes each certificate's DER from its PEM block instead of re-encoding it
+    (sparing one-shots cryptography's serialization import); it is the same bytes, CRLF or
+    text around the blocks or not, and a block that decodes to another certificate (or
+    blocks that do not pair up with the certificates) is never used."""
+    from credentials import certbytes
+
+    def ders(data: bytes) -> tuple[list[bytes], list[bytes]]:
+        certs = certbytes.load_pem(data)
+        return ([certbytes.der(c) for c in certs],
+                [c.public_bytes(serialization.Encoding.DER) for c in certs])
+
+    for variant in (lambda b: b, lambda b: b.replace(b"\n", b"\r\n"),
+                    lambda b: b"# a comment\n" + b.replace(b"-----\n", b"-----\n\n", 1)):
+        with open(pki.proxy(users["alice"]), "rb") as fh:  # new certificates each time
+            mine, encoded = ders(variant(fh.read()))
+        assert mine == encoded and len(mine) == 2
+    other = users["bob"].cert.public_bytes(serialization.Encoding.DER)
+    monkeypatch.setattr(certbytes.binascii, "a2b_base64", lambda _block: other)
+    with open(pki.proxy(users["alice"]), "rb") as fh:
+        mine, encoded = ders(fh.read())
+    assert mine == encoded and other not in mine
+    monkeypatch.undo()
+    monkeypatch.setattr(certbytes, "_pem_blocks", lambda _data: [])
+    with open(pki.proxy(users["alice"]), "rb") as fh:
+        mine, encoded = ders(fh.read())
+    assert mine == encoded

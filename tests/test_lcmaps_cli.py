@@ -80,7 +80,7 @@ def _lean_run(*argv: str) -> list[str]:
     code = ("import sys\nfrom lcmaps.cli import main\n"
             f"rc = main({list(argv)!r})\n"
             "heavy = ('importlib.metadata', 'credentials', 'cryptography', 'OpenSSL', 'pyasn1',"
-            " 'logging',"
+            " 'logging', 'leases',"
             " 'lcmaps.plugins.scas_client', 'lcmaps.plugins.ldap_enf', 'client')\n"
             "print(sorted(m for m in heavy if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -56,3 +56,23 @@ def test_lcmaps_run_valid_ac_maps_by_fqan(pki: TestPKI, users: dict[str, User],
     good = pki.proxy(users["bob"], fqans=[DTEAM])  # bob is not in the grid-mapfile
     code, out, _ = _run(db, good, pki, "--strict-voms")
     assert (code, out["username"]) == (0, "nobody")
+
+
+def test_lcmaps_run_voms_proxy_imports_only_what_it_uses(pki: TestPKI, users: dict[str, User],
+                                                        tmp_path: Path) -> None:
+    # Start-up is a feature of a one-shot: mapping a VOMS proxy with local plugins needs no
+    # lease store, no key or serialization code, no pyasn1 and no entry-point scan.
+    db = _site(tmp_path, users["bob"])
+    good = pki.proxy(users["bob"], fqans=[DTEAM])
+    argv = ["--db", str(db), "--pem", good, "--certdir", pki.certdir, "--vomsdir", pki.vomsdir,
+            "--strict-voms"]
+    code = ("import sys\nfrom lcmaps.cli import main\n"
+            f"rc = main({argv!r})\n"
+            "unused = ('leases', 'cryptography.hazmat.primitives.serialization', 'pyasn1',"
+            " 'importlib.metadata', 'logging')\n"
+            "print(rc, sorted(m for m in unused if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    *_, last = proc.stdout.strip().splitlines()
+    assert last == "0 []", proc.stdout

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from lcmaps import accounts
-from lcmaps.plugin_api import EXHAUSTED, PluginInitError, RunContext
-from leases.store import GridmapDirError, PoolExhausted
+from lcmaps.plugin_api import EXHAUSTED, PluginInitError, RunContext, lease_store_for
 from sitefiles.mapfile import GRID_SECURITY
+
+if TYPE_CHECKING:
+    from leases.store import GridmapDirError, LeaseStore
 
 GRIDMAPFILE_OPTS = ("-gridmapfile", "-GRIDMAPFILE", "-gridmap", "-GRIDMAP")
 GRIDMAPDIR_OPTS = ("-gridmapdir", "-GRIDMAPDIR")
@@ -21,9 +24,17 @@ NO_WILDCARD_OPTS = (
 def lease_failure(ctx: RunContext, plugin: str, exc: GridmapDirError) -> bool:
     """A lease-store fault goes up to the engine (Indeterminate); a policy outcome, such as
     an exhausted pool, fails the plugin like C."""
+    from leases.store import PoolExhausted
+
     if exc.unavailable:
         raise exc
     return ctx.fail(f"{plugin}: {exc}", EXHAUSTED if isinstance(exc, PoolExhausted) else None)
+
+
+def gridmapdir_for(path: str | None) -> LeaseStore | None:
+    """The lease store of ``-gridmapdir`` (else ``$GRIDMAPDIR``), or None when neither is set."""
+    path = path or os.environ.get("GRIDMAPDIR")
+    return lease_store_for(path) if path else None
 
 
 def prefixed_file(name: str, plugin: str, opt: str) -> str:

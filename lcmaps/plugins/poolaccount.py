@@ -11,16 +11,16 @@ C 1.7.1's ``:mapcount=0001``-first lookup that denies correct mappings
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
-from lcmaps.plugin_api import Plugin, PluginInitError, RunContext, lease_store_for
+from lcmaps.plugin_api import Plugin, PluginInitError, RunContext
 from lcmaps.plugins._common import (
     GRIDMAPDIR_OPTS,
     GRIDMAPFILE_OPTS,
     NO_WILDCARD_OPTS,
     OVERRIDE_OPTS,
     add_account,
+    gridmapdir_for,
     lease_failure,
     prefixed_file,
     register_dn,
@@ -33,12 +33,6 @@ from sitefiles.mapfile import default_gridmapfile
 from sitefiles.plugins import ArgWalker, parse_int, parse_yes_no
 
 NAME = "lcmaps_poolaccount"
-
-
-def gridmapdir_for(path: str | None) -> LeaseStore | None:
-    """The lease store of ``-gridmapdir`` (else ``$GRIDMAPDIR``), or None when neither is set."""
-    path = path or os.environ.get("GRIDMAPDIR")
-    return lease_store_for(path) if path else None
 
 
 class PoolAccount(Plugin):

@@ -12,6 +12,7 @@ another lease (quirk C3).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from lcmaps import accounts
 from lcmaps.plugin_api import EXHAUSTED, Plugin, PluginInitError, RunContext
@@ -21,18 +22,18 @@ from lcmaps.plugins._common import (
     OVERRIDE_OPTS,
     GidFlags,
     add_account,
+    gridmapdir_for,
     lease_failure,
     prefixed_file,
     register_dn,
     requested_username,
 )
-from lcmaps.plugins.poolaccount import gridmapdir_for
-from leases import LeaseStore
-from leases.names import lease_string
-from leases.store import MAX_MAPPINGS_LIMIT, GridmapDirError, PoolExhausted
 from sitefiles import mapfile
 from sitefiles.mapfile import default_gridmapfile
 from sitefiles.plugins import ArgWalker, parse_int, parse_yes_no
+
+if TYPE_CHECKING:  # the lease store is imported by the pool plugin only, when it needs it
+    from leases import LeaseStore
 
 
 class _VomsAccount(Plugin):
@@ -62,6 +63,8 @@ class _VomsAccount(Plugin):
             elif self.pool and opt in OVERRIDE_OPTS:
                 self.override = True
             elif self.pool and opt == "-max_mappings_per_credential":
+                from leases.store import MAX_MAPPINGS_LIMIT
+
                 self.max_mappings = parse_int(args.value("a number"), name, opt, minimum=1,
                                               maximum=MAX_MAPPINGS_LIMIT)
             elif self.pool and opt == "-strict_poolprefix_match":
@@ -129,6 +132,9 @@ class VomsPoolAccount(_VomsAccount):
     pool = True
 
     def run(self, ctx: RunContext) -> bool:
+        from leases.names import lease_string
+        from leases.store import GridmapDirError, PoolExhausted
+
         dn = register_dn(ctx)
         if not ctx.fqans:
             return ctx.fail(f"{self.label}: no (valid) VOMS groups found")

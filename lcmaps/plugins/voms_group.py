@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from lcmaps import accounts
-from lcmaps.plugin_api import EXHAUSTED, Plugin, PluginInitError, RunContext
-from lcmaps.plugins._common import OVERRIDE_OPTS, lease_failure, prefixed_file
-from lcmaps.plugins.poolaccount import gridmapdir_for
-from leases import LeaseStore, store_for
-from leases.store import GridmapDirError, LeaseArgumentError, PoolExhausted
+from lcmaps.plugin_api import EXHAUSTED, Plugin, PluginInitError, RunContext, lease_error_type
+from lcmaps.plugins._common import OVERRIDE_OPTS, gridmapdir_for, lease_failure, prefixed_file
 from sitefiles import mapfile
 from sitefiles.plugins import ArgWalker, parse_int, parse_yes_no
+
+if TYPE_CHECKING:  # the lease store is imported by the pool plugin only, when it needs it
+    from leases import LeaseStore
 
 GROUPMAPFILE_OPTS = ("-groupmapfile", "-GROUPMAPFILE", "-groupmap", "-GROUPMAP")
 GROUPMAPDIR_OPTS = ("-groupmapdir", "-GROUPMAPDIR")
@@ -67,7 +68,11 @@ class _VomsGroup(Plugin):
 
     def lease_stores(self) -> list[LeaseStore]:
         path = (self.groupmapdir or os.environ.get("GROUPMAPDIR")) if self.pool else None
-        return [store_for(path)] if path else []
+        if not path:
+            return []
+        from leases import store_for
+
+        return [store_for(path)]
 
     def run(self, ctx: RunContext) -> bool:
         fqans = ctx.fqans
@@ -79,7 +84,7 @@ class _VomsGroup(Plugin):
                 group = self._group_for(ctx, fqan)
             except mapfile.MapfileError as exc:
                 return ctx.fail(f"{self.label}: {exc}")
-            except GridmapDirError as exc:
+            except lease_error_type() as exc:  # looked up only while an exception is matched
                 return lease_failure(ctx, self.label, exc)
             if group is None:
                 if self.mapall:
@@ -118,6 +123,8 @@ class VomsPoolGroup(_VomsGroup):
     pool = True
 
     def _group_for(self, ctx: RunContext, fqan: str) -> str | None:
+        from leases.store import LeaseArgumentError, PoolExhausted
+
         assert self.groupmapfile is not None
         m = mapfile.find_mapping(self.groupmapfile, fqan, wildcards=True, kind="pool")
         if m is None or m.pool is None:
