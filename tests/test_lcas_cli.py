@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fresh_imports import run_main
 
 from testkit.pki import TestPKI, User
 
@@ -211,12 +212,7 @@ def test_cli_pem_private_key_is_never_read(tmp_path: Path, pki: TestPKI,
 def test_cli_dn_run_reads_no_plugin_metadata(tmp_path: Path) -> None:
     # The built-in plugins are found without scanning installed distributions, a --dn run
     # loads no credential code, and a plain (not GACL) VOMS auth file needs no XML parser.
-    code = ("import sys\nfrom lcas.cli import main\n"
-            f"rc = main(['--db', {str(site(tmp_path))!r}, '--dn', {ALICE!r},"
-            f" '--fqan', {DTEAM!r}])\n"
-            "print([m for m in ('importlib.metadata', 'credentials', 'cryptography', 'OpenSSL',"
-            " 'lxml')"
-            " if m in sys.modules])\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
-    assert proc.stdout.splitlines() == ["allow", "[]"], proc.stderr
+    argv = ["--db", str(site(tmp_path)), "--dn", ALICE, "--fqan", DTEAM]
+    heavy = ("importlib.metadata", "credentials", "cryptography", "OpenSSL", "lxml")
+    _, loaded, printed = run_main("lcas.cli", argv, heavy)
+    assert (printed, loaded) == (["allow"], [])

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fresh_imports import run_main
+
 DB = (
     "path = /usr/lib/lcmaps\n"
     'acct = "lcmaps_dummy_good.mod --dummy-uid 0 --dummy-gid 0"\n'
@@ -77,16 +79,9 @@ def test_lcmaps_cli_import_is_lean():
 
 def _lean_run(*argv: str) -> list[str]:
     """The heavy modules one lcmaps-run in a fresh interpreter imported."""
-    code = ("import sys\nfrom lcmaps.cli import main\n"
-            f"rc = main({list(argv)!r})\n"
-            "heavy = ('importlib.metadata', 'credentials', 'cryptography', 'OpenSSL', 'pyasn1',"
-            " 'logging', 'leases',"
-            " 'lcmaps.plugins.scas_client', 'lcmaps.plugins.ldap_enf', 'client')\n"
-            "print(sorted(m for m in heavy if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1].replace("'", '"'))
+    heavy = ("importlib.metadata", "credentials", "cryptography", "OpenSSL", "pyasn1", "logging",
+             "leases", "lcmaps.plugins.scas_client", "lcmaps.plugins.ldap_enf", "client")
+    return run_main("lcmaps.cli", argv, heavy)[1]
 
 
 def test_lcmaps_cli_dn_run_imports_only_what_it_uses(tmp_path):

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fresh_imports import run_main
+
 from testkit.pki import TestPKI, User
 
 DTEAM = "/dteam/Role=NULL/Capability=NULL"
@@ -66,13 +68,6 @@ def test_lcmaps_run_voms_proxy_imports_only_what_it_uses(pki: TestPKI, users: di
     good = pki.proxy(users["bob"], fqans=[DTEAM])
     argv = ["--db", str(db), "--pem", good, "--certdir", pki.certdir, "--vomsdir", pki.vomsdir,
             "--strict-voms"]
-    code = ("import sys\nfrom lcmaps.cli import main\n"
-            f"rc = main({argv!r})\n"
-            "unused = ('leases', 'cryptography.hazmat.primitives.serialization', 'pyasn1',"
-            " 'importlib.metadata', 'logging')\n"
-            "print(rc, sorted(m for m in unused if m in sys.modules))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    *_, last = proc.stdout.strip().splitlines()
-    assert last == "0 []", proc.stdout
+    unused = ("leases", "cryptography.hazmat.primitives.serialization", "pyasn1",
+              "importlib.metadata", "logging")
+    assert run_main("lcmaps.cli", argv, unused)[:2] == (0, [])
