@@ -83,9 +83,11 @@ Misses cost CPU, never correctness: an evicted entry is verified again in full.
 Re-check interval. A hit ``stat``-s the files it rests on (the CA directory, the issuers'
 certificates and CRLs, the vomsdir and ``.lsc`` files): eight to eleven calls for a VOMS
 proxy, a tenth of a warm query in the server. :func:`set_recheck_seconds` lets a long-lived
-process (the server, from ``trust.recheck_seconds``) reuse a ``stat`` result for that many
-seconds, so a replaced CRL or CA file counts within that time instead of from the next
-query. The default, 0, is what every one-shot command keeps: each verification looks.
+process (the server, from ``trust.recheck_seconds``) rely on what it saw for that many
+seconds: a ``stat`` result is reused for half of it, and a verification whose files were all
+found unchanged is not re-checked for the other half. A replaced CRL or CA file then counts
+within the interval instead of from the next query. The default, 0, is what every one-shot
+command keeps: each verification looks.
 """
 
 from __future__ import annotations
@@ -240,7 +242,7 @@ def _stat(path: str) -> os.stat_result | None:
 def _stat_now(path: str) -> os.stat_result | None:
     now = time.monotonic()
     found = _recent.get(path)
-    if found is not None and now - found[0] < _recheck:
+    if found is not None and now - found[0] < _recheck / 2:  # see Remembered.holds
         return found[1]
     st = _stat(path)
     if len(_recent) >= _RECENT_MAX:
@@ -272,7 +274,17 @@ class Remembered:
     def holds(self, now: datetime) -> bool:
         if not self.not_before <= now <= self.not_after:
             return False
-        return all(file_state(f[0]) == f for f in self.files)
+        if _recheck <= 0:
+            return all(file_state(f[0]) == f for f in self.files)
+        # With a re-check interval, files found unchanged less than half of it ago are not
+        # looked at again (a stat itself is reused for the other half: at most the interval).
+        clock = time.monotonic()
+        if clock - self.__dict__.get("_files_seen", -_recheck) < _recheck / 2:
+            return True
+        if not all(file_state(f[0]) == f for f in self.files):
+            return False
+        object.__setattr__(self, "_files_seen", clock)  # not a field: eq and hash ignore it
+        return True
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,9 @@ class AuditRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_FIELDS = tuple(f for f in fields(AuditRecord) if f.name != "extra")
+_NAMES = tuple(f.name for f in fields(AuditRecord) if f.name != "extra")
+_EMPTY: tuple[Any, ...] = (None, "", (), [])
+_ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode  # made once
 
 
 def _clean(value: Any) -> Any:
@@ -136,14 +138,16 @@ class AuditLog:
         data: dict[str, Any] = {
             "time": (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         }
-        body = {f.name: getattr(record, f.name) for f in _FIELDS}
-        extra = record.extra
-        body["latency_ms"] = round(record.latency_ms, 3)
-        data.update({k: _clean(v) for k, v in body.items() if v not in (None, "", (), [])})
-        data.update({k: _clean(v) for k, v in extra.items() if k not in data})
+        for name in _NAMES:
+            value = getattr(record, name)
+            if name == "latency_ms":
+                value = round(value, 3)
+            if value not in _EMPTY:
+                data[name] = _clean(value)
+        data.update({k: _clean(v) for k, v in record.extra.items() if k not in data})
         data.setdefault("decision", record.decision)
         data["worker"] = os.getpid()
-        return json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+        return _ENCODE(data)
 
     def write(self, record: AuditRecord, *, now: datetime | None = None) -> None:
         """Append one line; OSError when it is not all on disk.
