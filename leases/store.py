@@ -189,8 +189,6 @@ def check_counter(mapcounter: int | None, max_mappings: int) -> int | None:
     return mapcounter
 
 
-
-
 # --- acquisitions, for a caller that remembers a mapping ---------------------
 
 
