@@ -207,9 +207,15 @@ class Acquired:
     options: tuple[tuple[str, Any], ...]
     lease: Lease
 
-    def replay(self) -> Lease:
-        """Acquire again (raises as ``acquire`` does)."""
-        return self.store.acquire(self.pool, self.leasename, **dict(self.options))
+    def replay(self) -> Lease | None:
+        """Acquire again (raises as ``acquire`` does), but only if the lease still points to
+        the same account: None when it does not, so a replay never makes a lease itself
+        (but for a release in the instant between the look and the acquire)."""
+        options = dict(self.options)
+        account = self.store.lookup(self.leasename, mapcounter=options.get("mapcounter"))
+        if account != self.lease.account:
+            return None
+        return self.store.acquire(self.pool, self.leasename, **options)
 
 
 _recorder = threading.local()  # per greenlet under gevent's monkey-patching

@@ -8,9 +8,10 @@ chain), the DN, the FQANs and the policies. What a reuse still does, every time:
 
 * the credential check and LCAS run in full before this (revocation, expiry and bans
   count from the next query, as without the memo);
-* every lease the mapping made or found is *replayed*: the same ``acquire`` call, which
-  re-checks the lease file and its account entry and touches the lease, as any use does.
-  If a lease was released, expired or moved, the mapping is made again in full.
+* every lease the mapping made or found is looked up, and if it still names the same
+  account, *replayed*: the same ``acquire`` call, which re-checks the lease file and its
+  account entry and touches the lease, as any use does. If a lease was released, expired
+  or moved, nothing is made from memory: the mapping is made again in full.
 
 What may be up to ``mapping_cache_seconds`` old: the policy's files themselves
 (grid-mapfile, groupmapfile, the CA files ``verify_proxy`` reads) and the account
@@ -83,6 +84,8 @@ def _confirm(leases: Sequence[Acquired]) -> tuple[bool, str | None]:
             again = acquired.replay()
         except GridmapDirError:
             return False, None  # the full run meets the same fault and answers for it
+        if again is None:
+            return False, None  # released, expired or moved: the full run decides
         if not again.reused:
             return False, again.name
         if again.account != acquired.lease.account or again.name != acquired.lease.name:

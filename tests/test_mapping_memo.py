@@ -189,6 +189,18 @@ def test_released_account_taken_by_another_dn_is_not_answered(site: Site) -> Non
     assert os.path.samefile(taken, os.path.join(site.gridmapdir, first.account))
 
 
+def test_a_released_lease_is_not_made_again_from_memory(site: Site) -> None:
+    """Released, and the user unmapped in the same second: the full run refuses, and no
+    lease for the user is left behind (a replay only touches a lease that still holds)."""
+    first = site.permit()
+    assert GridmapDir(site.gridmapdir).release(os.path.basename(site.lease_path(first)))
+    with open(os.path.join(site.work, "grid-mapfile"), "w") as fh:
+        fh.write("# nobody mapped\n")
+    refused = site.ask()
+    assert refused.decision == "Deny", refused.reason
+    assert [n for n in os.listdir(site.gridmapdir) if n.startswith("%")] == []
+
+
 def test_memo_hit_touches_the_lease_so_expire_keeps_it(site: Site) -> None:
     first = site.permit()
     path = site.lease_path(first)
