@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -160,15 +161,16 @@ def test_stress_run_end_to_end(tmp_path: os.PathLike[str]) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
                     reason="stress.bench_http needs root to create its two pool accounts")
-def test_pinned_http_bench_measures_four_modes_against_bare() -> None:
+def test_pinned_http_bench_measures_four_modes_against_bare(tmp_path: Path) -> None:
     """The pinned mode: both servers on one core, the stdlib generator on the other, every
-    reply a Permit for its own ID, with an ECDSA host key (the RSA one is the default)."""
+    reply a Permit for its own ID, with an ECDSA host key (the RSA one is the default);
+    ``--profile`` leaves py-spy's stacks of the scas worker per mode."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two CPUs")
     run = subprocess.run(
         [sys.executable, "-m", "stress.bench_http", "--duration",
          "1", "--repeats", "1", "--clients", "2", "--fresh", "1200", "--server-key", "ec",
-         "--json"],
+         "--json", "--profile", str(tmp_path)],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
@@ -179,6 +181,9 @@ def test_pinned_http_bench_measures_four_modes_against_bare() -> None:
         assert m["errors"] == 0 and m["bare_per_s"] > 0 and m["scas_per_s"] > 0, (mode, m)
         assert 0 < m["ratio"] < 5, (mode, m)
     assert figures["gen_cpu"] != figures["srv_cpu"]
+    stacks = sorted(p.name for p in tmp_path.iterdir())
+    assert stacks == sorted(f"{mode}-1.txt" for mode in figures["modes"]), stacks
+    assert "Pipeline.decide" in "".join(p.read_text() for p in tmp_path.iterdir())
 
 
 @pytest.mark.slow
