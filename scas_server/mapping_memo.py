@@ -73,9 +73,6 @@ class MappingMemo:
         self._kept.put(key, _Kept(credential, again, tuple(leases), now + self.seconds), 1)
         return mapping
 
-    def clear(self) -> None:
-        self._kept.clear()
-
 
 def _confirm(leases: Sequence[Acquired]) -> tuple[bool, str | None]:
     """(every lease is still held as before, the name of a lease a replay had to make)."""
