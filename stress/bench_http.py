@@ -427,7 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration <= 0 or args.repeats < 1 or args.clients < 1 or args.fresh < args.clients:
         parser.error("need a positive duration, a repeat, a client and a fresh proxy each")
     if args.profile:
-        os.makedirs(args.profile, exist_ok=True)
+        try:
+            os.makedirs(args.profile, exist_ok=True)
+        except OSError as exc:
+            parser.error(f"--profile: cannot make {args.profile}: {exc.strerror}")
     before = os.getloadavg()[0]
     try:
         with site.pool_accounts():

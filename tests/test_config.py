@@ -156,3 +156,20 @@ def test_config_check_command_reports_lcmaps_line(site: Path, capsys: Any) -> No
     err = capsys.readouterr().err
     assert rc == 1
     assert err.startswith(f"{site / 'lcmaps.db'}:5: syntax error")
+
+
+@pytest.mark.parametrize("value", [-1, 61, "soon"])
+def test_config_refuses_bad_recheck_seconds(site: Path, value: Any) -> None:
+    """``trust.recheck_seconds``: how stale a CRL may be, so only 0..60 seconds."""
+    path = _write(site, trust={"certdir": "certificates", "recheck_seconds": value})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert any("trust.recheck_seconds" in e for e in info.value.errors), info.value.errors
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(None, 1.0), (0, 0.0), (0.5, 0.5), (60, 60.0)])
+def test_config_recheck_seconds_default_and_bounds(site: Path, value: Any, seconds: float) -> None:
+    trust: dict[str, Any] = {"certdir": "certificates"}
+    if value is not None:
+        trust["recheck_seconds"] = value
+    assert load_config(_write(site, trust=trust)).recheck_seconds == seconds

@@ -211,6 +211,7 @@ def test_scale_bench_runs_every_combination_and_leaves_passwd_alone() -> None:
     (["--modes", "keepalive-repeat,nope"], "--modes: choose from keepalive-repeat,"),
     (["--duration", "0"], "need a positive duration"),
     (["--fresh", "1", "--clients", "4"], "need a positive duration, a repeat, a client"),
+    (["--profile", "/etc/passwd/x"], "--profile: cannot make /etc/passwd/x: Not a directory"),
 ])  # fmt: skip
 def test_pinned_http_bench_refuses_bad_arguments(argv: list[str], reason: str) -> None:
     """Refused before anything is built: exit 2 and argparse's one-line reason."""
