@@ -66,7 +66,7 @@ class AuthzRequest:
     `fqans` lists the primary FQAN first, then the others in the order sent (no duplicates).
     `attributes` keeps every (category, AttributeId, value) in document order, so nothing
     the PEP sent is lost. `request_element` is the original xacml-context:Request, for the
-    ReturnContext echo; it is excluded from comparisons.
+    ReturnContext echo; it and ``echo_edit`` are excluded from comparisons.
     """
 
     request_id: str
@@ -93,6 +93,9 @@ class AuthzRequest:
     query_ns: str = ids.NS_XACML_SAMLP_V2
     attributes: tuple[tuple[str, str, str], ...] = ()
     request_element: etree._Element | None = field(default=None, compare=False, repr=False)
+    #: (old, new): the echo is ``request_element``'s with this one text replaced (a
+    #: remembered request with a new cert-chain, :mod:`scas_server.request_memo`)
+    echo_edit: tuple[str, str] | None = field(default=None, compare=False, repr=False)
 
     def values(self, category: str, attribute_id: str) -> tuple[str, ...]:
         """All values of one attribute in one category, in the order sent."""

@@ -123,6 +123,7 @@ class _Answer:
     obligations: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
     values: dict[str, str]
     echo: etree._Element | None
+    echo_edit: tuple[str, str] | None = None  # see AuthzRequest.echo_edit
 
     @classmethod
     def of(cls, request: AuthzRequest | None, decision: Decision, issuer: str,
@@ -147,7 +148,8 @@ class _Answer:
             echo = request.request_element
         use12 = soap12 if soap12 is not None else bool(request and request.soap12)
         return cls(use12, request.query_ns if request else ids.NS_XACML_SAMLP_V2,
-                   bool(reply_to), bool(decision.status_message), tuple(shape), values, echo)
+                   bool(reply_to), bool(decision.status_message), tuple(shape), values, echo,
+                   request.echo_edit if echo is not None and request is not None else None)
 
     def shape(self) -> _Shape:
         return (self.use12, self.query_ns, self.with_reply_to, self.with_message,
@@ -191,7 +193,7 @@ class _Answer:
         if values is not None and self.echo is not None:  # the template's echo slot
             statement.append(etree.Comment(_mark("echo")))
         elif self.echo is not None:
-            statement.append(copy.deepcopy(self.echo))
+            statement.append(_edited(self.echo, self.echo_edit))
         return serialize(env)
 
     def render_template(self) -> bytes:
@@ -232,7 +234,7 @@ _ECHOES_KEPT = 256
 
 def _echo(answer: _Answer) -> bytes:
     """The echoed Request as it serialises below the response's Statement (an element is
-    never changed after its parse, so its echo is serialised once)."""
+    never changed after its parse, so its echo is serialised once), edited as asked."""
     assert answer.echo is not None
     key = (answer.use12, answer.query_ns, answer.echo)
     found = _echoed.get(key)
@@ -241,7 +243,23 @@ def _echo(answer: _Answer) -> bytes:
         if len(_echoed) >= _ECHOES_KEPT:
             _echoed.clear()
         _echoed[key] = found
-    return found
+    if answer.echo_edit is None:
+        return found
+    old, new = (text.encode() for text in answer.echo_edit)
+    if found.count(old) != 1:  # the memo's texts are plain PEM: never seen, fail closed
+        raise ValueError("the echo edit does not apply to the echoed Request")
+    return found.replace(old, new)
+
+
+def _edited(element: etree._Element, edit: tuple[str, str] | None) -> etree._Element:
+    """A copy of ``element`` with the edit's old text replaced in the one text holding it."""
+    copied = copy.deepcopy(element)
+    if edit is not None:
+        holders = [e for e in copied.iter() if e.text is not None and edit[0] in e.text]
+        if len(holders) != 1:
+            raise ValueError("the echo edit does not apply to the echoed Request")
+        holders[0].text = holders[0].text.replace(*edit)  # type: ignore[union-attr]
+    return copied
 
 
 def _serialise_echo(answer: _Answer) -> bytes:

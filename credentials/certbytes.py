@@ -9,11 +9,12 @@ So the facts of a certificate are kept:
 
 * by object identity, for the rest of this verification (an entry holds the object,
   so its ``id`` cannot be reused meanwhile);
-* by content (``cryptography`` hashes and compares certificates by their DER), so the
-  same end-entity or CA sent again in a new PEM finds its facts, OpenSSL object included;
-* :func:`remember` records DER already at hand (an AC's embedded certificates), and
-  :func:`load_pem` the DER of each PEM block (re-encoding a certificate is the only use
-  of ``cryptography``'s serialization package here; importing it costs a one-shot 5 ms).
+* by content (the DER bytes, whose hash Python keeps), so the same end-entity or CA sent
+  again in a new PEM finds its facts, OpenSSL object included;
+* :func:`load_pem` parses each PEM block's DER itself, so every certificate it returns
+  comes with the very bytes it was parsed from (re-encoding costs about 10 µs a
+  certificate); :func:`remember` records DER already at hand (an AC's embedded
+  certificates). Anything else is re-encoded once, when first asked.
 
 :func:`names` reads the issuer's and subject's DER out of the certificate's DER; a name
 with a multi-valued RDN is taken from ``cryptography`` instead, which re-encodes its
@@ -26,23 +27,30 @@ import binascii
 from functools import lru_cache
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from OpenSSL import crypto
+
+try:  # what x509 itself imports: free; the public package costs a one-shot 5 ms
+    from cryptography.hazmat.primitives._serialization import Encoding
+except ImportError:  # pragma: no cover - a cryptography that moved it
+    from cryptography.hazmat.primitives.serialization import Encoding
 
 from credentials.dn import DNError, oneline_from_der, read_tlv
 from credentials.lru import BoundedLRU, MiB
 
-__all__ = ["der", "extra_rdn", "issuer_line", "load_pem", "may_carry", "names", "remember",
-           "same_issuer", "subject_line", "to_openssl"]
+__all__ = ["der", "extra_rdn", "issuer_line", "load_pem", "may_carry", "names", "public_key",
+           "remember", "same_issuer", "subject_line", "to_openssl"]
 
 
 class _Facts:
-    """DER, issuer DER, subject DER and (once asked for) the OpenSSL object."""
+    """DER, issuer DER, subject DER and (once asked for) the OpenSSL object and public key."""
 
-    __slots__ = ("der", "issuer", "openssl", "subject")
+    __slots__ = ("der", "issuer", "key", "openssl", "subject")
 
     def __init__(self, der: bytes, issuer: bytes, subject: bytes) -> None:
         self.der, self.issuer, self.subject = der, issuer, subject
         self.openssl: crypto.X509 | None = None
+        self.key: CertificatePublicKeyTypes | None = None
 
 
 class _ById:
@@ -69,7 +77,7 @@ class _ById:
 
 #: a cold query brings three or four certificates: these cover the last few hundred
 _by_id = _ById(4096)
-_by_content: BoundedLRU[x509.Certificate, _Facts] = BoundedLRU(2048, 64 * MiB)
+_by_content: BoundedLRU[bytes, _Facts] = BoundedLRU(2048, 64 * MiB)
 
 
 def _name_ders(cert: x509.Certificate, data: bytes) -> tuple[bytes, bytes]:
@@ -113,14 +121,12 @@ def _facts(cert: x509.Certificate, data: bytes | None = None) -> _Facts:
     facts = _by_id.get(cert)
     if facts is not None:
         return facts
-    facts = _by_content.get(cert)
+    if not data:
+        data = cert.public_bytes(Encoding.DER)
+    facts = _by_content.get(data)
     if facts is None:
-        if not data:
-            from cryptography.hazmat.primitives import serialization
-
-            data = cert.public_bytes(serialization.Encoding.DER)
         facts = _Facts(data, *_name_ders(cert, data))
-        _by_content.put(cert, facts, 3 * len(data) + 2048)
+        _by_content.put(data, facts, 3 * len(data) + 2048)
     _by_id.put(cert, facts)
     return facts
 
@@ -149,6 +155,16 @@ def der(cert: x509.Certificate) -> bytes:
     return _facts(cert).der
 
 
+def public_key(cert: x509.Certificate) -> CertificatePublicKeyTypes:
+    """``cert.public_key()``, decoded once per certificate: each call decodes it again, which
+    for RSA costs about as much as the verification it is wanted for (a VOMS server's key
+    checks every AC it signed)."""
+    facts = _facts(cert)
+    if facts.key is None:
+        facts.key = cert.public_key()
+    return facts.key
+
+
 def remember(cert: x509.Certificate, data: bytes) -> None:
     """Record ``data`` as the DER ``cert`` was loaded from."""
     _facts(cert, data)
@@ -158,35 +174,43 @@ _BEGIN, _END = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
 
 
 def load_pem(data: bytes) -> list[x509.Certificate]:
-    """``x509.load_pem_x509_certificates(data)`` (raising as it does), with each certificate's
-    DER taken from its PEM block when that decodes to the very same certificate; otherwise
-    it is re-encoded when first needed. For one-shot commands: this costs about 20 µs more
-    than re-encoding, and spares them importing the serialization package (5 ms)."""
-    certs = x509.load_pem_x509_certificates(data)
-    blocks = _pem_blocks(data)
-    if len(blocks) == len(certs):
-        for cert, block in zip(certs, blocks, strict=True):
-            try:
-                der = binascii.a2b_base64(block)
-                same = x509.load_der_x509_certificate(der) == cert
-            except ValueError:  # binascii.Error too
-                continue
-            if same:
-                _facts(cert, der)
+    """The certificates of a PEM text, in order, as ``x509.load_pem_x509_certificates``
+    reads them (and raising ValueError as it does), each with the DER it was parsed from.
+
+    When every PEM block is a ``CERTIFICATE`` of plain base64, each block is decoded here
+    and parsed as DER, so the DER kept is by construction the certificate's. Anything else
+    (other blocks to skip, headers, bad base64) is left to cryptography's PEM reader, and
+    the DER is then re-encoded when first needed.
+    """
+    ders = _plain_blocks(data)
+    if ders is None:
+        return x509.load_pem_x509_certificates(data)
+    certs = []
+    for der in ders:
+        cert = x509.load_der_x509_certificate(der)
+        _facts(cert, der)
+        certs.append(cert)
     return certs
 
 
-def _pem_blocks(data: bytes) -> list[bytes]:
-    """The text between each BEGIN/END CERTIFICATE pair, in order."""
+def _plain_blocks(data: bytes) -> list[bytes] | None:
+    """The DER of each block when all are CERTIFICATE blocks of strict base64, else None."""
+    if data.count(b"-----BEGIN ") != data.count(_BEGIN) or data.count(b"-----END ") != \
+            data.count(_END):
+        return None
     out = []
     start = data.find(_BEGIN)
     while start != -1:
         stop = data.find(_END, start)
         if stop == -1:
-            break
-        out.append(data[start + len(_BEGIN) : stop])
+            return None
+        body = data[start + len(_BEGIN) : stop].translate(None, b" \t\r\n")
+        try:
+            out.append(binascii.a2b_base64(body, strict_mode=True))
+        except binascii.Error:
+            return None
         start = data.find(_BEGIN, stop)
-    return out
+    return out or None
 
 
 def names(cert: x509.Certificate) -> tuple[bytes, bytes]:

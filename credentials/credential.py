@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -36,6 +35,7 @@ __all__ = [
     "ProxyType",
     "TrustStore",
     "VomsAttributes",
+    "check_chain",
     "load_pem",
     "load_proxy_file",
     "verify_credential",
@@ -135,17 +135,16 @@ def load_pem(data: bytes | str, *, source: str = "PEM data") -> Credential:
     The end-entity is located structurally (first certificate that is not a
     proxy of the next one); nothing is trusted yet.
     """
-    return _load_pem(data, source, x509.load_pem_x509_certificates)
+    return _load_pem(data, source)
 
 
-def _load_pem(data: bytes | str, source: str,
-              read: Callable[[bytes], list[x509.Certificate]]) -> Credential:
+def _load_pem(data: bytes | str, source: str) -> Credential:
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogateescape")
     if len(data) > MAX_PEM_BYTES:
         raise MalformedCredential(f"{source}: larger than {MAX_PEM_BYTES} bytes")
     try:
-        certs = read(data)
+        certs = certbytes.load_pem(data)
     except ValueError as exc:
         raise MalformedCredential(f"{source}: no parseable certificate ({exc})") from None
     key = _load_key(data, source)
@@ -163,8 +162,7 @@ def load_proxy_file(path: str | os.PathLike[str], *, with_key: bool = True) -> C
     ``with_key=False`` leaves the private key unread, as C LCAS/LCMAPS do: mapping needs the
     certificates only, and loading an RSA key costs the one-shot commands 50-100 ms.
     Certificates keep the DER read from the file (:func:`certbytes.load_pem
-    <credentials.certbytes.load_pem>`), so a one-shot never imports cryptography's
-    serialization package; :func:`load_pem` (a server's requests) re-encodes, 20 µs quicker.
+    <credentials.certbytes.load_pem>`), as :func:`load_pem`'s do.
     """
     try:
         with open(path, "rb") as fh:
@@ -173,7 +171,7 @@ def load_proxy_file(path: str | os.PathLike[str], *, with_key: bool = True) -> C
         raise MalformedCredential(f"{os.fspath(path)}: cannot read ({exc.strerror})") from None
     if not with_key:
         data = _KEY_BLOCK.sub(b"", data)
-    return _load_pem(data, os.fspath(path), certbytes.load_pem)
+    return _load_pem(data, os.fspath(path))
 
 
 #: a private key block of any kind (``RSA PRIVATE KEY``, ``PRIVATE KEY``, ``EC ...``)
@@ -228,6 +226,14 @@ def verify_credential(
     with one_look():  # each file this rests on is stat-ed once per call
         return _verify(cred, trust, now or datetime.now(UTC), policy or ProxyPolicy(),
                        verify_voms, ignore_bad_acs)
+
+
+def check_chain(cred: Credential, certdir: str, *, now: datetime, policy: ProxyPolicy) -> None:
+    """:func:`verify_credential`'s chain checks alone, raising as it does: for a plugin that
+    re-checks a credential its caller verified (a hit in the verified-chain cache)."""
+    with one_look():
+        proxy_chain.verify_chain(cred.chain, cred.identity_index, certdir, now=now,
+                                 policy=policy)
 
 
 def _verify(cred: Credential, trust: TrustStore, now: datetime, policy: ProxyPolicy,

@@ -2,24 +2,28 @@
 
 The ``cryptography`` package cannot verify proxy chains, OpenSSL can
 (``X509_V_FLAG_ALLOW_PROXY_CERTS``, through pyOpenSSL in :mod:`credentials.ca_store`).
-Each chain goes through OpenSSL **once**, against the CA directory's anchors as
-:mod:`credentials.ca_store` keeps them. The order of checks gives each failure its
-own exception and a message an admin can act on:
+A chain with proxies is verified in two parts, each by OpenSSL once: the end-entity's
+own chain up to the CA directory, which every proxy the user makes rests on and so is
+remembered on its own (:data:`CACHE`), then the proxies below it with the end-entity as
+their only trust anchor. A user's fresh proxy therefore costs its own checks, not a new
+walk to the CA and its CRLs. The order of checks gives each failure its own exception and
+a message an admin can act on:
 
 1. the validity window of the end-entity and every proxy (``now`` injectable);
 2. the proxy structure, no signatures yet: each level is a proxy of the certificate
    above it (ProxyCertInfo, or legacy ``CN=proxy``/``CN=limited proxy``), named after
    it (its subject plus one single-valued RDN), within every pCPathLenConstraint
    above it;
-3. OpenSSL, once: for an RFC 3820 chain the whole chain with ALLOW_PROXY_CERTS (every
-   signature, proxies included, up to a CA in the directory, and the RFC 3820 rules
-   below); for a legacy chain, or no proxy, the end-entity's chain;
-4. revocation of the end-entity and intermediate CAs from ``<hash>.r<N>`` CRLs,
-   checked here because OpenSSL's CRL checking is not switched on (it would not
-   refuse an out-of-date CRL the way sites expect);
-5. legacy proxies only: each proxy's signature, which OpenSSL cannot check (to it a
-   legacy proxy is an end-entity certificate issued by another end-entity);
-6. the site's :class:`ProxyPolicy` (limited proxies, per-level lifetimes).
+3. the end-entity's chain: OpenSSL up to a CA in the directory, then revocation of the
+   end-entity and intermediate CAs from ``<hash>.r<N>`` CRLs, checked here because
+   OpenSSL's CRL checking is not switched on (it would not refuse an out-of-date CRL the
+   way sites expect); remembered while its files are unchanged;
+4. RFC 3820 proxies: OpenSSL with ``ALLOW_PROXY_CERTS`` and ``PARTIAL_CHAIN``, the
+   end-entity the one certificate in the store, so a path must end at it (every proxy
+   signature and the RFC 3820 rules below); legacy proxies: each proxy's signature here,
+   which OpenSSL cannot check (to it a legacy proxy is an end-entity certificate issued
+   by another end-entity);
+5. the site's :class:`ProxyPolicy` (limited proxies, per-level lifetimes).
 
 Who checks what. For RFC 3820 proxies the signatures are OpenSSL's alone (the Python
 check that repeated them is gone), as are rules Python never checked: the added RDN
@@ -28,8 +32,8 @@ its issuer's key usage must allow signing, no unknown critical extension. Step 2
 stays ours although OpenSSL repeats part of it: it names the exact fault (path length
 N, naming) before any signature is looked at. Legacy proxies (signatures, naming),
 limited proxies (a Globus policy language OpenSSL does not interpret), CRLs and
-per-level lifetimes are ours alone. When OpenSSL refuses inside the proxies, the
-Python signature check runs once more, only to say which proxy is not signed by which.
+per-level lifetimes are ours alone. When OpenSSL refuses a proxy, the Python signature
+check runs once more, only to say which proxy is not signed by which.
 """
 
 from __future__ import annotations
@@ -222,7 +226,7 @@ def _check_times(chain: Sequence[x509.Certificate], now: datetime) -> None:
 
 
 def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    key: CertificateIssuerPublicKeyTypes = issuer.public_key()  # type: ignore[assignment]
+    key: CertificateIssuerPublicKeyTypes = certbytes.public_key(issuer)  # type: ignore[assignment]
     hash_alg = cert.signature_hash_algorithm
     try:
         if isinstance(key, rsa.RSAPublicKey) and hash_alg is not None:
@@ -261,30 +265,42 @@ def _openssl_error(exc: crypto.X509StoreContextError) -> Exception:
 
 
 def _openssl_verify(
-    chain: Sequence[x509.Certificate], start: int, ee_index: int, certdir: str,
-    now: datetime,
+    chain: Sequence[x509.Certificate], certdir: str, now: datetime
 ) -> tuple[list[x509.Certificate], list[str]]:
-    """Verify ``chain[start:]`` once; (EE-to-root path, subject hashes of path[1:]).
-
-    ``start`` is 0 for an RFC 3820 chain (proxies verified by OpenSSL) and ``ee_index``
-    otherwise. A failure inside the proxies is explained by :func:`_check_signatures`.
-    """
-    ossl = [certbytes.to_openssl(c, keep=i >= ee_index) for i, c in enumerate(chain)
-            if i >= start]
+    """Verify the end-entity ``chain[0]`` up to the CA directory once; (EE-to-root path,
+    subject hashes of path[1:])."""
+    ossl = [certbytes.to_openssl(c, keep=True) for c in chain]
     try:
-        verified, anchors = ca_store.verify(certdir, chain[start:], ossl, now)
+        verified, anchors = ca_store.verify(certdir, chain, ossl, now)
     except crypto.X509StoreContextError as exc:
-        depth = exc.errors[1] if len(exc.errors) > 1 else 0
-        if start + depth < ee_index:
-            _check_signatures(chain, ee_index)
         raise _openssl_error(exc) from None
-    ee_at = ee_index - start
-    if len(verified) <= ee_at or crypto.dump_certificate(
-            crypto.FILETYPE_ASN1, verified[ee_at]) != certbytes.der(chain[ee_index]):
-        raise UntrustedIssuer(f"certificate {_describe(chain[ee_index])} is not on the "
+    if not verified or crypto.dump_certificate(
+            crypto.FILETYPE_ASN1, verified[0]) != certbytes.der(chain[0]):
+        raise UntrustedIssuer(f"certificate {_describe(chain[0])} is not on the "
                               "path OpenSSL verified")  # never seen: fail closed
-    above = [anchors.certificate(c) for c in verified[ee_at + 1 :]]
-    return [chain[ee_index], *(c for c, _ in above)], [h for _, h in above]
+    above = [anchors.certificate(c) for c in verified[1:]]
+    return [chain[0], *(c for c, _ in above)], [h for _, h in above]
+
+
+_PROXY_FLAGS = crypto.X509StoreFlags.ALLOW_PROXY_CERTS | crypto.X509StoreFlags.PARTIAL_CHAIN
+
+
+def _openssl_proxies(chain: Sequence[x509.Certificate], ee_index: int, now: datetime) -> None:
+    """OpenSSL's RFC 3820 verification of the proxies below an end-entity whose own chain
+    verified: the end-entity is the only trust anchor (``PARTIAL_CHAIN``), so a path must
+    end at it. Every proxy signature and OpenSSL's proxy rules run here; a failure is
+    explained by :func:`_check_signatures` when a signature is what is wrong."""
+    ee = certbytes.to_openssl(chain[ee_index], keep=True)
+    leaf, *between = (certbytes.to_openssl(c, keep=False) for c in chain[:ee_index])
+    store = crypto.X509Store()
+    store.set_flags(_PROXY_FLAGS)
+    store.set_time(now.replace(tzinfo=None))
+    store.add_cert(ee)
+    try:
+        crypto.X509StoreContext(store, leaf, between).verify_certificate()
+    except crypto.X509StoreContextError as exc:
+        _check_signatures(chain, ee_index)
+        raise _openssl_error(exc) from None
 
 
 #: Parsed CRLs, one entry per CRL path: a rewritten file (new inode, mtime or size) replaces
@@ -409,22 +425,52 @@ def _verify_in_full(
     chain: Sequence[x509.Certificate], ee_index: int, certdir: str, now: datetime
 ) -> Verdict:
     _check_times(chain[: ee_index + 1], now)
+    if ee_index == 0:
+        return _verify_end_entity(chain, certdir, now)
     infos = _check_proxy_levels(chain, ee_index)
-    legacy = any(i.legacy for i in infos)
-    start = 0 if infos and not legacy else ee_index
-    path, hashes = _openssl_verify(chain, start, ee_index, certdir, now)
-    crl_due = _check_revocation(path, hashes, certdir, now)
-    if legacy:
+    upper = _end_entity_verdict(chain, ee_index, certdir, now)
+    if any(i.legacy for i in infos):
         _check_signatures(chain, ee_index)
-    involved = [*chain[: ee_index + 1], *path]
-    not_after = min(c.not_valid_after_utc for c in involved)
+    else:
+        _openssl_proxies(chain, ee_index, now)
+    proxies = chain[:ee_index]
+    return Verdict(
+        not_before=max(upper.not_before, *(c.not_valid_before_utc for c in proxies)),
+        not_after=min(upper.not_after, *(c.not_valid_after_utc for c in proxies)),
+        limited=any(i.limited for i in infos),
+        files=upper.files,
+        key=canonical_chain_key(chain[: ee_index + 1], upper.intermediates, ee_index, certdir),
+        intermediates=upper.intermediates,
+    )
+
+
+def _end_entity_verdict(
+    chain: Sequence[x509.Certificate], ee_index: int, certdir: str, now: datetime
+) -> Verdict:
+    """The verdict on the end-entity's own chain, from :data:`CACHE` when it holds: every
+    proxy a user makes rests on the same one, so a fresh proxy costs its own checks only."""
+    upper = chain[ee_index:]
+    presented = chain_key(upper, 0, certdir)
+    verdict = CACHE.get(presented, now)
+    if verdict is None:
+        verdict = _verify_end_entity(upper, certdir, now)
+        CACHE.put(presented, verdict.key, verdict, verdict.nbytes)
+    return verdict
+
+
+def _verify_end_entity(chain: Sequence[x509.Certificate], certdir: str, now: datetime
+                       ) -> Verdict:
+    """OpenSSL from ``chain[0]`` up to a CA of the directory, then the CRLs."""
+    path, hashes = _openssl_verify(chain, certdir, now)
+    crl_due = _check_revocation(path, hashes, certdir, now)
+    not_after = min(c.not_valid_after_utc for c in path)
     # the cache key: what was verified (path[0] is the EE, path[-1] the trust anchor)
     intermediates = tuple(certbytes.der(c) for c in path[1:-1])
     return Verdict(
-        not_before=max(c.not_valid_before_utc for c in involved),
+        not_before=max(c.not_valid_before_utc for c in path),
         not_after=min(not_after, crl_due) if crl_due is not None else not_after,
-        limited=any(i.limited for i in infos),
+        limited=False,
         files=watch_files(certdir, hashes),
-        key=canonical_chain_key(chain[: ee_index + 1], intermediates, ee_index, certdir),
+        key=canonical_chain_key(chain[:1], intermediates, 0, certdir),
         intermediates=intermediates,
     )

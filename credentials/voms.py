@@ -186,7 +186,7 @@ def _signature_ok(parsed: _ParsedAC, cert: x509.Certificate) -> bool:
     hash_alg = _SIG_HASHES.get(parsed.sig_oid)
     if hash_alg is None:
         raise ACSignatureInvalid(f"VOMS AC signature algorithm {parsed.sig_oid} is not accepted")
-    key = cert.public_key()
+    key = certbytes.public_key(cert)
     try:
         if isinstance(key, rsa.RSAPublicKey):
             key.verify(parsed.signature, parsed.acinfo_der, padding.PKCS1v15(), hash_alg)

@@ -1,10 +1,12 @@
-"""Repeat queries without a second XML parse: bytes equal but for the query's ID and instant.
+"""Repeat queries without a second XML parse: bytes equal but for the query's ID and
+instant, and the certificate chain.
 
 A PEP that asks again for the same user sends the same bytes but for two attribute values
-of the query element: ``ID`` (new per query) and ``IssueInstant``. Parsing the 10 KB
-envelope and walking its attributes costs about a quarter of a warm decision, so the
-parsed :class:`~client.xacml_request.AuthzRequest` is remembered under the query's
-*skeleton*: the bytes around those two values.
+of the query element: ``ID`` (new per query) and ``IssueInstant``; and when the user's
+payload brings a newly delegated proxy, the PEM text of the cert-chain. Parsing the 10 KB
+envelope and walking its attributes costs about a quarter of a warm decision and a sixth
+of a cold one, so the parsed :class:`~client.xacml_request.AuthzRequest` is remembered
+under the query's *skeleton*: the bytes around those values.
 
 Why a hit is exact (the tests check it against the full parse):
 
@@ -20,6 +22,18 @@ Why a hit is exact (the tests check it against the full parse):
   ``>``, ``]`` or comment end). The new body is then the old one with two attribute
   values changed, and parses to the old request with those two fields changed.
 
+The chain is the span from the body's first ``-----BEGIN`` after the query tag to the end
+of its last ``-----END ...-----`` marker. It is volatile only when it is at most 64 KiB of
+PEM characters (``[A-Za-z0-9+/= \n-]``: no markup, so the span is one run of character
+data), the body holds no ``&``, CDATA section or carriage return (so every text the parser
+returns is the bytes as sent), and the parsed cert-chain value, stripped, is exactly the
+span, as is the cert-chain's text as sent (not base64 of PEM). The cert-chain's text then
+holds a ``-----BEGIN`` as sent, so it is the span's text: were it another, the span would
+reach across markup from one to the other. A new span of the same characters, starting
+with ``-----BEGIN`` and ending with ``-----``, changes that text and nothing else: the
+request's ``cert_chain`` and its entry in ``attributes`` change, and the echoed Request
+(``ReturnContext``) carries the new text in place of the old (``echo_edit``).
+
 Anything else (another prefix, a third occurrence, a value with other characters, a
 body the parser refused) goes through the full parse, as before.
 """
@@ -29,6 +43,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from client import xacml_ids as ids
 from client.xacml_request import AuthzRequest
 from credentials.lru import BoundedLRU
 
@@ -38,8 +53,11 @@ _QUERY = re.compile(rb"<(?:[A-Za-z_][\w.\-]*:)?XACMLAuthzDecisionQuery(?=[\s/>])
 _ATTR = re.compile(rb"""\s+([^\s=/>"'<]+)\s*=\s*(?:"([^"<]*)"|'([^'<]*)')""")
 _TAG_END = re.compile(rb"\s*/?>")
 _SAFE = re.compile(rb"[A-Za-z0-9_.:+\-]{1,128}")
+_PEM_TEXT = re.compile(rb"-----BEGIN [A-Za-z0-9+/= \n\-]{1,65520}-----")
 _NAME = b"XACMLAuthzDecisionQuery"
 _VOLATILE = {b"ID": "request_id", b"IssueInstant": "issue_instant"}
+_CHAIN = b"chain"
+_BEGIN, _END = b"-----BEGIN", b"-----END"
 
 _Skeleton = tuple[bytes, ...]  # (attribute names in order, then the pieces around them)
 
@@ -57,6 +75,9 @@ def _split(body: bytes) -> tuple[_Skeleton, list[bytes]] | None:
         pos = attr.end()
     if _TAG_END.match(body, pos) is None or not spans:
         return None
+    chain = _chain_span(body, pos)
+    if chain is not None and _PEM_TEXT.fullmatch(body, *chain) is not None and _literal(body):
+        spans.append((_CHAIN, *chain))
     names = b" ".join(name for name, _, _ in spans)
     pieces, values, start = [names], [], 0
     for _, begin, end in spans:
@@ -67,8 +88,30 @@ def _split(body: bytes) -> tuple[_Skeleton, list[bytes]] | None:
     return tuple(pieces), values
 
 
+def _chain_span(body: bytes, after: int) -> tuple[int, int] | None:
+    """(start, end) of the first ``-----BEGIN`` to the end of the last END marker."""
+    start = body.find(_BEGIN, after)
+    last = body.rfind(_END)
+    if start == -1 or last < start:
+        return None
+    end = body.find(b"-----", last + len(_END))
+    return None if end == -1 else (start, end + 5)
+
+
+def _literal(body: bytes) -> bool:
+    """No reference, CDATA section or carriage return anywhere: every text the parser
+    returns is then the very bytes between the tags."""
+    return b"&" not in body and b"<![CDATA[" not in body and b"\r" not in body
+
+
 def _plain(value: bytes) -> bool:
     return _SAFE.fullmatch(value) is not None and b"--" not in value
+
+
+def _plain_values(split: tuple[_Skeleton, list[bytes]]) -> bool:
+    """Every volatile value may be swapped in (a chain span was checked by ``_split``)."""
+    names = split[0][0].split(b" ")
+    return all(n == _CHAIN or _plain(v) for n, v in zip(names, split[1], strict=True))
 
 
 class RequestMemo:
@@ -86,7 +129,7 @@ class RequestMemo:
         split = _split(body) if len(body) <= self.max_body else None
         if split is not None:
             known = self._known.get(split[0])
-            if known is not None and all(map(_plain, split[1])):
+            if known is not None and _plain_values(split):
                 return self._with(known, split)
         request = full(body)
         if split is not None and self._rememberable(body, request, split):
@@ -96,21 +139,37 @@ class RequestMemo:
     @staticmethod
     def _rememberable(body: bytes, request: AuthzRequest,
                       split: tuple[_Skeleton, list[bytes]]) -> bool:  # fmt: skip
-        values = split[1]
-        if body.count(_NAME) != 2 or not all(map(_plain, values)):
+        if body.count(_NAME) != 2 or not _plain_values(split):
             return False
-        return request.request_id == _fields(split).get("request_id")  # the tag is the parsed one
+        fields = _fields(split)
+        chain = fields.get("cert_chain")
+        if chain is not None and (
+                request.cert_chain != chain.encode() + b"\n"
+                or {v.strip() for v in request.values("subject", ids.ATTR_CERT_CHAIN)}
+                != {chain}):
+            return False  # the span is not (all of) the cert-chain's text as sent
+        return request.request_id == fields.get("request_id")  # the tag is the parsed one
 
     @staticmethod
     def _with(known: AuthzRequest, split: tuple[_Skeleton, list[bytes]]) -> AuthzRequest:
         """A copy with the new values (what ``dataclasses.replace`` does, without running
         ``__init__`` again on fields that are already checked: a tenth of the time)."""
         fresh = object.__new__(AuthzRequest)
-        fresh.__dict__.update(known.__dict__, **_fields(split))
+        fields: dict[str, object] = dict(_fields(split))
+        chain = fields.pop("cert_chain", None)
+        old = known.cert_chain[:-1].decode("latin-1") if known.cert_chain else None
+        if isinstance(chain, str) and old is not None and chain != old:
+            fields["cert_chain"] = chain.encode() + b"\n"
+            fields["attributes"] = tuple(
+                (c, a, v.replace(old, chain, 1) if a == ids.ATTR_CERT_CHAIN else v)
+                for c, a, v in known.attributes)
+            fields["echo_edit"] = (old, chain)
+        fresh.__dict__.update(known.__dict__, **fields)
         return fresh
 
 
 def _fields(split: tuple[_Skeleton, list[bytes]]) -> dict[str, str]:
-    """The request fields the volatile values stand for (ASCII: they passed ``_plain``)."""
+    """The request fields the volatile values stand for (ASCII: they passed the checks)."""
     names = split[0][0].split(b" ")
-    return {_VOLATILE[n]: v.decode("latin-1") for n, v in zip(names, split[1], strict=True)}
+    return {_VOLATILE.get(n, "cert_chain"): v.decode("latin-1")
+            for n, v in zip(names, split[1], strict=True)}

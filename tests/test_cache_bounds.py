@@ -108,8 +108,9 @@ def test_junk_padded_variants_share_one_entry(
         assert cache.nbytes == one_entry
     assert len(cred.chain) == 2  # proxy and end-entity: no junk kept
     assert cache.index_len <= 64
-    # the verified-chain cache: the user's chain and the VOMS server's, whatever was sent
-    assert len(fresh_chain_cache) == 2
+    # the verified-chain cache: the user's chain, the end-entity's own (which every proxy
+    # of that user rests on) and the VOMS server's, whatever was sent
+    assert len(fresh_chain_cache) == 3
     assert fresh_chain_cache.nbytes <= 2 * one_verdicts
     assert fresh_chain_cache.index_len <= fresh_chain_cache.index_max_entries
     # a repeat of a known byte form is a hit, without verification

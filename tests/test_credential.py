@@ -324,31 +324,39 @@ def test_credential_garbage_proxy_cert_info_is_malformed(users: dict[str, User])
         load_pem(_hand_made_proxy(alice, subject, garbage))
 
 
-def test_pem_der_is_what_cryptography_encodes(pki: TestPKI, users: dict[str, User],
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """certbytes takes each certificate's DER from its PEM block instead of re-encoding it
-    (sparing one-shots cryptography's serialization import); it is the same bytes, CRLF or
-    text around the blocks or not, and a block that decodes to another certificate (or
-    blocks that do not pair up with the certificates) is never used."""
+def test_pem_der_is_what_cryptography_encodes(pki: TestPKI, users: dict[str, User]) -> None:
+    """certbytes parses each plain CERTIFICATE block's DER itself (sparing a re-encoding per
+    certificate) and leaves anything else to cryptography's PEM reader. Either way it returns
+    the certificates cryptography would, and the DER it keeps is each one's encoding."""
     from credentials import certbytes
 
-    def ders(data: bytes) -> tuple[list[bytes], list[bytes]]:
+    crl_junk = b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"
+    header = b"-----BEGIN CERTIFICATE-----\nProc-Type: 4,MIC-ONLY\n"
+    variants = {
+        "as written": lambda b: b,
+        "CRLF": lambda b: b.replace(b"\n", b"\r\n"),
+        "text around": lambda b: b"# a comment\n" + b.replace(b"-----\n", b"-----\n\n", 1),
+        "another kind of block": lambda b: crl_junk + b,
+        "a header line": lambda b: b.replace(b"-----BEGIN CERTIFICATE-----\n", header, 1),
+        "no END": lambda b: b[: b.rindex(b"-----END")],
+        "bad base64": lambda b: b.replace(b"-----\nMII", b"-----\nM!I", 1),
+    }
+    for name, variant in variants.items():
+        # new certificates each time; a proxy file's key block is another kind of block
+        cred = load_proxy_file(pki.proxy(users["alice"]), with_key=False)
+        data = variant(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in cred.chain))
+        plain = name in ("as written", "CRLF", "text around")
+        assert (certbytes._plain_blocks(data) is not None) == plain, name
+        try:
+            expected = x509.load_pem_x509_certificates(data)
+        except ValueError:
+            with pytest.raises(ValueError):
+                certbytes.load_pem(data)
+            continue
         certs = certbytes.load_pem(data)
-        return ([certbytes.der(c) for c in certs],
-                [c.public_bytes(serialization.Encoding.DER) for c in certs])
+        assert certs == expected, name
+        assert [certbytes.der(c) for c in certs] == [
+            c.public_bytes(serialization.Encoding.DER) for c in certs], name
+    assert certbytes._plain_blocks(b"no certificate here") is None
 
-    for variant in (lambda b: b, lambda b: b.replace(b"\n", b"\r\n"),
-                    lambda b: b"# a comment\n" + b.replace(b"-----\n", b"-----\n\n", 1)):
-        with open(pki.proxy(users["alice"]), "rb") as fh:  # new certificates each time
-            mine, encoded = ders(variant(fh.read()))
-        assert mine == encoded and len(mine) == 2
-    other = users["bob"].cert.public_bytes(serialization.Encoding.DER)
-    monkeypatch.setattr(certbytes.binascii, "a2b_base64", lambda _block: other)
-    with open(pki.proxy(users["alice"]), "rb") as fh:
-        mine, encoded = ders(fh.read())
-    assert mine == encoded and other not in mine
-    monkeypatch.undo()
-    monkeypatch.setattr(certbytes, "_pem_blocks", lambda _data: [])
-    with open(pki.proxy(users["alice"]), "rb") as fh:
-        mine, encoded = ders(fh.read())
-    assert mine == encoded
+

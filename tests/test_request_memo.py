@@ -9,6 +9,7 @@ a real hit from a miss (a test that only compared results would pass with no mem
 
 from __future__ import annotations
 
+import base64
 import re
 import string
 from collections.abc import Callable
@@ -455,3 +456,120 @@ def test_property_memo_agrees_with_the_parser(
         assert full.calls == 2
     elif all(map(_plain, shape.volatile(request_id, instant))):
         assert full.calls == 1
+
+
+# -- a new certificate chain: a payload's freshly delegated proxy ----------------------------
+
+PEM_CHARS = string.ascii_letters + string.digits + "+/= \n-"
+
+
+def _pem(body: str) -> str:
+    return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
+
+
+CHAINED = _retag(_base(cert_chain=PEM, fqans=["/dteam"], soap12=True), DOUBLE)
+#: other chains of plain PEM characters: longer, shorter, two blocks, dashes inside
+NEW_CHAINS = [
+    _pem("MIIB" + "x" * 3000),
+    _pem("A"),
+    _pem("MIIBnew") + _pem("MIIBsecond/+=="),
+    _pem("MIIB-- --x"),
+    "-----BEGIN CERTIFICATE----- x -----END CERTIFICATE-----",
+]
+
+
+def _with_chain(chain: str, request_id: str = "_two") -> bytes:
+    body = CHAINED.replace(b"{id}", request_id.encode()).replace(b"{instant}", INSTANT.encode())
+    old = PEM.strip().encode()
+    assert body.count(old) == 1
+    return body.replace(old, chain.strip().encode())
+
+
+def _echo_part(response: bytes) -> bytes:
+    """The echoed Request of a response, which must be the same whoever parsed the query."""
+    found = re.search(rb"<(\w+):Request\b.*</\1:Request>", response, re.DOTALL)
+    assert found is not None
+    return found.group()
+
+
+@pytest.mark.parametrize("chain", NEW_CHAINS, ids=range(len(NEW_CHAINS)))
+def test_a_new_plain_chain_is_a_hit_equal_to_the_full_parse(chain: str) -> None:
+    memo, full = RequestMemo(MAX_BODY), Counting()
+    memo.parse(_with_chain(PEM, "_one"), full)
+    body = _with_chain(chain)
+    got = memo.parse(body, full)
+    want = xacml.parse_request(body)
+    assert full.calls == 1, "a new chain of plain PEM text is a hit"
+    _assert_agree(got, want)
+    assert got.cert_chain == chain.strip().encode() + b"\n"
+    assert got.values("subject", ids.ATTR_CERT_CHAIN) == want.values(
+        "subject", ids.ATTR_CERT_CHAIN)
+    # the echo (ReturnContext) carries the new chain, as the full parse's does
+    decision = xacml.Decision.permit(uid=1000, gid=1000)
+    for request in (got, want):
+        response = xacml.build_response(request, decision, issuer="scas.test")
+        assert chain.strip().encode() in _echo_part(response)
+        assert PEM.strip().encode() not in response
+    assert _echo_part(xacml.build_response(got, decision, issuer="scas.test")) == _echo_part(
+        xacml.build_response(want, decision, issuer="scas.test"))
+
+
+@pytest.mark.parametrize("chain", [
+    _pem("MIIB\rx"),  # a carriage return: the parser turns it into a line feed
+    _pem("MIIB&#65;x"),  # an entity
+    _pem("MIIB<!-- c -->x"),  # markup inside
+    _pem("MIIB<![CDATA[x]]>"),
+    _pem("MIIB\tx"),  # a character outside the PEM set
+    _pem("MIIB" + "x" * 70000),  # past the 64 KiB bound
+], ids=["cr", "entity", "comment", "cdata", "tab", "long"])
+def test_a_chain_with_anything_but_pem_text_goes_to_the_full_parse(chain: str) -> None:
+    memo, full = RequestMemo(MAX_BODY), Counting()
+    memo.parse(_with_chain(PEM, "_one"), full)
+    body = _with_chain(chain)
+    _assert_agree(_outcome(partial(memo.parse, full=full), body),
+                  _outcome(xacml.parse_request, body))
+    assert full.calls == 2
+
+
+def _escape_chain_dash(body: bytes) -> bytes:
+    """The cert-chain's BEGIN and END markers each with a dash sent as a reference."""
+    for marker in (b"-----BEGIN", b"-----END"):
+        at = body.index(marker, body.index(ids.ATTR_CERT_CHAIN.encode()))
+        body = body[:at] + b"&#45;" + body[at + 1 :]
+    return body
+
+
+def test_pem_markers_outside_the_chain_keep_it_out_of_the_memo() -> None:
+    """PEM text that is not the cert-chain's as sent: an END marker in a processing
+    instruction after it, a second copy in another attribute, the chain as base64 of PEM
+    or with its markers sent as references. No chain is swapped: each new body is parsed."""
+    end_tag = b"</" + Q + b">"
+    bodies = [
+        _with_chain(PEM, "_one").replace(end_tag, b"<?note -----END X----- ?>" + end_tag),
+        _retag(_base(cert_chain=PEM, soap12=True,
+                     extra_attributes=[("resource", "urn:example:x", PEM)]), DOUBLE),
+        # the only PEM text is another attribute's; the chain is sent as base64 of PEM
+        _retag(_base(cert_chain=base64.b64encode(PEM.encode()).decode(), soap12=True,
+                     extra_attributes=[("resource", "urn:example:x", PEM)]), DOUBLE),
+        # the same, with the chain's markers sent with a character reference each
+        _escape_chain_dash(_retag(_base(cert_chain=PEM, soap12=True, extra_attributes=[
+            ("resource", "urn:example:x", PEM)]), DOUBLE)),
+    ]
+    for remembered in bodies:
+        remembered = remembered.replace(b"{id}", b"_one").replace(b"{instant}", INSTANT.encode())
+        memo, full = RequestMemo(MAX_BODY), Counting()
+        _assert_agree(memo.parse(remembered, full), xacml.parse_request(remembered))
+        at = remembered.rindex(b"MIIBfakefakefake")  # the last copy: the span's, if any
+        body = remembered[:at] + b"MIIBotherother" + remembered[at + 16 :]
+        _assert_agree(memo.parse(body, full), xacml.parse_request(body))
+        assert full.calls == 2
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet=PEM_CHARS, min_size=1, max_size=400))
+def test_property_any_plain_chain_agrees_with_the_parser(text: str) -> None:
+    memo, full = RequestMemo(MAX_BODY), Counting()
+    memo.parse(_with_chain(PEM, "_one"), full)
+    body = _with_chain(_pem(text))
+    _assert_agree(_outcome(partial(memo.parse, full=full), body),
+                  _outcome(xacml.parse_request, body))

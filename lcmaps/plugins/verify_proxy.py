@@ -6,7 +6,8 @@ Options are matched like C (case-insensitive prefixes): ``-certdir``/
 options, ``--max-proxy-level-ttl=N|L PERIOD``, ``--max-voms-ttl PERIOD``
 (``[DD]d-HH:MM`` or ``H:MM``), ``--only-enforce-lifetime-checks`` and the
 two private-key options (accepted; a proxy file's key is not needed here).
-The checks themselves are :func:`credentials.credential.verify_credential`'s.
+The checks themselves are :func:`credentials.credential.verify_credential`'s
+(its chain part, :func:`~credentials.credential.check_chain`).
 Without a certificate chain (DN+FQAN requests) the plugin fails, as in C.
 """
 
@@ -16,9 +17,13 @@ import os
 import re
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from lcmaps.plugin_api import Plugin, PluginInitError, RunContext
 from sitefiles.plugins import ArgWalker
+
+if TYPE_CHECKING:
+    from credentials.proxy_chain import ProxyPolicy
 
 NAME = "lcmaps_verify_proxy"
 LEAF_PROXY = 2000
@@ -48,6 +53,7 @@ class VerifyProxy(Plugin):
         self.only_lifetime = False
         self.level_ttl: dict[int | str, timedelta] = {}
         self.voms_ttl: timedelta | None = None
+        self._made: ProxyPolicy | None = None
         args = ArgWalker(argv, NAME)
         for a in args:
             low = a.lower()
@@ -105,24 +111,30 @@ class VerifyProxy(Plugin):
             return ctx.fail(f"{NAME}: no certificate chain to verify")
         from datetime import UTC, datetime
 
-        from credentials.credential import TrustStore, verify_credential
+        from credentials.credential import check_chain
         from credentials.errors import CredentialError
-        from credentials.proxy_chain import ProxyPolicy
 
-        policy = ProxyPolicy(
-            allow_limited=self.allow_limited,
-            require_limited=self.require_limited,
-            max_level_ttl=dict(self.level_ttl),
-            max_voms_ttl=self.voms_ttl,
-            only_lifetime_checks=self.only_lifetime,
-        )
+        policy = self._policy()
         now = ctx.request.now or datetime.now(UTC)
         assert self.certdir is not None
         try:
-            verify_credential(cred, TrustStore(self.certdir, None), now=now, policy=policy,
-                              verify_voms=False)
+            check_chain(cred, self.certdir, now=now, policy=policy)
             if self.voms_ttl is not None:
                 policy.check_voms_lifetime(cred.voms, now=now)
         except CredentialError as exc:
             return ctx.fail(f"{NAME}: {exc.reason}")
         return True
+
+    def _policy(self) -> ProxyPolicy:
+        """The options as a policy, made on first use (the import waits for a run)."""
+        if self._made is None:
+            from credentials.proxy_chain import ProxyPolicy
+
+            self._made = ProxyPolicy(
+                allow_limited=self.allow_limited,
+                require_limited=self.require_limited,
+                max_level_ttl=dict(self.level_ttl),
+                max_voms_ttl=self.voms_ttl,
+                only_lifetime_checks=self.only_lifetime,
+            )
+        return self._made
