@@ -106,6 +106,7 @@ class MappingResult:
     lease_new: bool | None = None  # the pool index is a lease this mapping made
     reason: str | None = None
     kind: str | None = None  # for a deny: BANNED, EXHAUSTED (plugin_api) or None
+    checks: tuple[tuple[str, bool], ...] = ()  # RunContext.checks of the run
 
     @property
     def permitted(self) -> bool:
@@ -202,7 +203,10 @@ class Engine:
                     log.debug("starting policy %s", policy.name)
                     ctx.data.reset()
                     prev = policy
-                result = self._run_plugin(module_name(state), ctx)
+                module = module_name(state)
+                result = self._run_plugin(module, ctx)
+                if self.plugins[module].reads_credential:
+                    ctx.checks.append((module, result))
                 ran_any = True
                 if self.observer is not None:
                     self.observer(policy.name, module_name(state), result, ctx)
@@ -227,6 +231,11 @@ class Engine:
             nxt = self.policies[pidx + 1].rules[0]
             return nxt.state, nxt, pidx + 1
         return None, None, pidx
+
+    def check(self, module: str, request: Request) -> bool:
+        """One plugin on its own: a kept mapping's re-check of a credential-reading plugin on
+        another credential (``scas_server.mapping_memo``). Raises as a run does."""
+        return self._run_plugin(module, RunContext(request))
 
     def _run_plugin(self, module: str, ctx: RunContext) -> bool:
         plugin = self.plugins[module]  # policy_db checked every state names a module
@@ -309,4 +318,5 @@ def map_credential(
         sgids=tuple(data.sgids),
         poolindex=data.poolindex,
         lease_new=data.lease_new,
+        checks=tuple(ctx.checks),
     )

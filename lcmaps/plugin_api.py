@@ -148,6 +148,8 @@ class RunContext:
     data: CredentialData = field(default_factory=CredentialData)
     reason: str | None = None  # why the last failing plugin failed
     kind: str | None = None  # what kind of deny that was: BANNED, EXHAUSTED, or None
+    #: (module, result) of each plugin run that reads the credential, in run order
+    checks: list[tuple[str, bool]] = field(default_factory=list)
 
     @property
     def dn(self) -> str:
@@ -182,6 +184,10 @@ class Plugin:
     #: effects or inputs (LDAP, a remote SCAS, enforcement), and for LCMAPS ban lists, so
     #: that a ban there counts from the next query.
     memo_safe: ClassVar[bool] = False
+    #: The outcome depends on the credential's chain, not only on the DN and the FQANs. A
+    #: kept mapping serves another credential of the same user only when each such plugin,
+    #: run again on it, answers as it did in the run that made the mapping.
+    reads_credential: ClassVar[bool] = False
 
     def __init__(self, argv: Sequence[str]) -> None:
         self.argv = tuple(argv)

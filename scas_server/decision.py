@@ -294,9 +294,12 @@ class Pipeline:
         def full() -> Mapping:
             return self.engines.map(dn, fqans, credential, policies, now=now)
 
+        def recheck(kept: Mapping) -> bool:
+            return self.engines.rechecked(dn, fqans, credential, kept.checks)
+
         if now is not None or not self.engines.memo_safe(policies):
             return full()
-        return self.mappings.map((dn, tuple(fqans), policies), credential, full)
+        return self.mappings.map((dn, tuple(fqans), policies), credential, full, recheck)
 
     def _ticket(
         self, request: AuthzRequest, peer: Peer, dn: str, credential: Credential | None,

@@ -54,6 +54,8 @@ class Mapping:
     username: str | None
     lease: str | None
     lease_new: bool | None = None
+    #: (module, result) of the run's credential-reading plugins (``Plugin.reads_credential``)
+    checks: tuple[tuple[str, bool], ...] = ()
 
 
 def secondary_gids(pgids: Sequence[int], sgids: Sequence[int]) -> tuple[int, ...]:
@@ -133,7 +135,21 @@ class Engines:
             username=result.username,
             lease=result.poolindex,
             lease_new=result.lease_new,
+            checks=result.checks,
         )
+
+    def rechecked(self, dn: str, fqans: Sequence[str], credential: Any,
+                  checks: Sequence[tuple[str, bool]]) -> bool:
+        """Do the credential-reading plugins of a kept mapping's run answer as they did, on
+        ``credential``? False on a fault too (the full run then meets it and answers)."""
+        from lcmaps.evaluation import MappingUnavailable
+        from lcmaps.plugin_api import Request
+
+        request = Request(dn=dn, fqans=tuple(fqans), credential=credential)
+        try:
+            return all(self.lcmaps.check(module, request) is result for module, result in checks)
+        except MappingUnavailable:
+            return False
 
 
 def _load_lcmaps(path: str) -> tuple[Engine, list[str]]:

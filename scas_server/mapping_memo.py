@@ -3,11 +3,17 @@
 Running the LCMAPS policies again for a repeat query costs about a quarter of a warm
 decision, and gives the same answer unless a file changed or a lease moved. So a Permit's
 mapping is kept for ``mapping_cache_seconds`` (default 1 s, 0 turns this off), keyed by
-the verified credential (the credential cache hands back the same object for the same
-chain), the DN, the FQANs and the policies. What a reuse still does, every time:
+the DN, the FQANs and the policies, with the verified credential it was made for (the
+credential cache hands back the same object for the same chain). What a reuse still does,
+every time:
 
 * the credential check and LCAS run in full before this (revocation, expiry and bans
   count from the next query, as without the memo);
+* for another credential of the same user (a payload's freshly delegated proxy), every
+  plugin of the run that reads the credential (:attr:`~lcmaps.plugin_api.Plugin.
+  reads_credential`: ``verify_proxy``) runs again on it and must answer as it did. The
+  other plugins' answers depend only on the DN, the FQANs, their files and the leases
+  (that is what ``memo_safe`` says), so the run would take the same path;
 * every lease the mapping made or found is looked up, and if it still names the same
   account, *replayed*: the same ``acquire`` call, which re-checks the lease file and its
   account entry and touches the lease, as any use does. If a lease was released, expired
@@ -36,13 +42,15 @@ __all__ = ["MappingMemo"]
 
 @dataclass(frozen=True)
 class _Kept:
-    credential: Any  # held, so that its id() in the key cannot be reused while kept
+    credential: Any  # the one it was made for: needs no recheck
     mapping: Mapping
     leases: tuple[Acquired, ...]
     until: float  # time.monotonic()
 
 
 MapFunction = Callable[[], Mapping]
+#: does a kept mapping's run answer the same for this (other) credential?
+Recheck = Callable[[Mapping], bool]
 
 
 class MappingMemo:
@@ -52,18 +60,22 @@ class MappingMemo:
         self.seconds = seconds
         self._kept: BoundedLRU[tuple[Any, ...], _Kept] = BoundedLRU(max_entries, max_entries)
 
-    def map(self, key: tuple[Any, ...], credential: Any, full: MapFunction) -> Mapping:
-        """The kept mapping for ``key`` if it is fresh and its leases hold, else ``full()``
-        (which raises for a refusal or a fault; nothing is kept then)."""
+    def map(self, key: tuple[Any, ...], credential: Any, full: MapFunction,
+            recheck: Recheck) -> Mapping:  # fmt: skip
+        """The kept mapping for ``key`` if it is fresh, made for this credential or rechecked
+        on it, and its leases hold; else ``full()`` (which raises for a refusal or a fault;
+        nothing is kept then)."""
         if self.seconds <= 0 or credential is None:
             return full()
-        key = (id(credential), *key)
         now = time.monotonic()
         kept = self._kept.get(key)
         made: str | None = None
-        if kept is not None and kept.credential is credential and now < kept.until:
+        if kept is not None and now < kept.until and (
+                kept.credential is credential or recheck(kept.mapping)):
             held, made = _confirm(kept.leases)
             if held:
+                if kept.credential is not credential:  # its next query needs no recheck
+                    self._kept.put(key, dataclasses.replace(kept, credential=credential), 1)
                 return kept.mapping
         with recording() as leases:
             mapping = full()

@@ -25,12 +25,13 @@ import pytest
 import yaml
 
 from client import xacml
+from credentials.credential import load_proxy_file
 from leases.gridmapdir import GridmapDir
 from scas_server.audit import AuditRecord
 from scas_server.config import ConfigError, load_config
 from scas_server.decision import Pipeline, build_pipeline
 from scas_server.peer import Peer
-from stress.bench_decision import DN, fresh_chains, pool_accounts, write_site
+from stress.bench_decision import DN, FQANS, fresh_chains, pool_accounts, write_site
 
 pytestmark = [
     pytest.mark.root,
@@ -48,19 +49,20 @@ class Site:
     work: str
     pipeline: Pipeline
     chain: bytes
+    fresh: Callable[..., bytes]  # another newly delegated proxy of the user (pki.proxy options)
     runs: list[int] = field(default_factory=list)  # one item per LCMAPS run
 
     @property
     def gridmapdir(self) -> str:
         return os.path.join(self.work, "gridmapdir")
 
-    def ask(self) -> AuditRecord:
-        body = xacml.build_request(subject_dn=DN, cert_chain=self.chain, resource="ce",
+    def ask(self, chain: bytes | None = None) -> AuditRecord:
+        body = xacml.build_request(subject_dn=DN, cert_chain=chain or self.chain, resource="ce",
                                    action="queue", request_id=f"_q{time.monotonic_ns()}")
         return self.pipeline.decide(body, Peer("unix", uid=os.getuid())).record
 
-    def permit(self) -> AuditRecord:
-        record = self.ask()
+    def permit(self, chain: bytes | None = None) -> AuditRecord:
+        record = self.ask(chain)
         assert record.decision == "Permit", record.reason
         return record
 
@@ -80,14 +82,25 @@ def make_site(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Site]:
     """A fresh site with ``lcmaps.cache_seconds`` set; ``ban_dn`` puts LCMAPS' ban_dn
     (a plugin that is not memo-safe) first in the policy."""
 
-    def make(cache_seconds: float = LONG, *, ban_dn: bool = False) -> Site:
+    def make(cache_seconds: float = LONG, *, ban_dn: bool = False,
+             verify_proxy: str = "") -> Site:  # fmt: skip
         work = os.fspath(tmp_path_factory.mktemp("memo-site"))
         lcmaps_db = os.path.join(work, "lcmaps.db")
         pki, user = write_site(work, lcmaps={"db": lcmaps_db, "cache_seconds": cache_seconds})
         if ban_dn:
             _add_lcmaps_ban(work)
+        if verify_proxy:
+            _add_verify_proxy_option(work, verify_proxy)
+
+        def fresh(**options: Any) -> bytes:
+            path = pki.proxy(user, fqans=FQANS, **options)
+            try:
+                return load_proxy_file(path, with_key=False).pem_chain()
+            finally:
+                os.unlink(path)
+
         pipeline = build_pipeline(load_config(os.path.join(work, "scas.yaml")))
-        site = Site(work, pipeline, fresh_chains(pki, user, 1)[0])
+        site = Site(work, pipeline, fresh_chains(pki, user, 1)[0], fresh)
         full = pipeline.engines.map
 
         def counted(*args: Any, **kwargs: Any) -> Any:
@@ -119,6 +132,15 @@ def _add_lcmaps_ban(work: str) -> None:
         fh.write(f'bandn = "lcmaps_ban_dn.mod" "-banmapfile {ban}"\n{text}')
 
 
+def _add_verify_proxy_option(work: str, option: str) -> None:
+    path = os.path.join(work, "lcmaps.db")
+    with open(path) as fh:
+        text = fh.read()
+    line = next(x for x in text.splitlines() if x.startswith("verifyproxy = "))
+    with open(path, "w") as fh:
+        fh.write(text.replace(line, f'{line} "{option}"'))
+
+
 def _ban(path: str) -> None:
     with open(path, "a") as fh:
         fh.write(f'"{DN}"\n')
@@ -138,6 +160,30 @@ def test_repeat_query_within_cache_time_skips_lcmaps_same_answer(site: Site) -> 
     assert all(_answer(r) == _answer(first) for r in again)
     assert first.account in ("bdpool001", "bdpool002") and first.uid is not None
     assert (first.lease_event, again[0].lease_event) == ("new", "held")
+
+
+def test_a_fresh_proxy_of_the_same_user_reuses_the_mapping(site: Site) -> None:
+    """A payload's newly delegated proxy: LCMAPS does not run again, verify_proxy is re-run
+    on the new chain (below), the answer and the lease are the same."""
+    first = site.permit()
+    again = [site.permit(site.fresh()) for _ in range(3)]
+    assert len(site.runs) == 1
+    assert all(_answer(r) == _answer(first) for r in again)
+    assert {r.lease_event for r in again} == {"held"}
+
+
+def test_a_fresh_proxy_verify_proxy_refuses_is_not_answered_from_memory(
+    make_site: Callable[..., Site],
+) -> None:
+    """The service accepts limited proxies; this policy's verify_proxy does not. A limited
+    proxy of a user whose mapping is kept must get the full run's answer, a Deny."""
+    site = make_site(verify_proxy="--disallow-limited-proxy")
+    first = site.permit()
+    refused = site.ask(site.fresh(limited=True))
+    assert refused.decision == "Deny" and "limited" in (refused.reason or "")
+    assert len(site.runs) == 2
+    assert _answer(site.permit(site.fresh())) == _answer(first)  # and back to the memo
+    assert len(site.runs) == 2
 
 
 def test_cache_seconds_zero_runs_lcmaps_every_query(make_site: Callable[..., Site]) -> None:

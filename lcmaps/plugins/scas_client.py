@@ -38,6 +38,7 @@ def _seconds(value: str, opt: str) -> float:
 
 class ScasClient(Plugin):
     name = "scas_client"
+    reads_credential = True
     has_verify = False  # SCAS answers "run", not "verify this account"
 
     def __init__(self, argv: Sequence[str]) -> None:

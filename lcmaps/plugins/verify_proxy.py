@@ -43,6 +43,7 @@ def parse_period(text: str) -> timedelta | None:
 
 class VerifyProxy(Plugin):
     memo_safe = True
+    reads_credential = True
     name = "verify_proxy"
 
     def __init__(self, argv: Sequence[str]) -> None:
