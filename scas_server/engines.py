@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from lcas.chain import authorize
+from lcas.plugin_api import LcasUnavailable
+from lcmaps.evaluation import MappingUnavailable, map_credential
+from lcmaps.plugin_api import Request
 from scas_server.config import ConfigError, ServerConfig
 
 if TYPE_CHECKING:
@@ -105,9 +109,6 @@ class Engines:
         self, dn: str, fqans: Sequence[str], credential: Any, *, now: datetime | None = None
     ) -> str | None:
         """The reason the user is refused, or None when every LCAS plugin allows."""
-        from lcas.chain import authorize
-        from lcas.plugin_api import LcasUnavailable
-
         try:
             verdict = authorize(self.lcas, dn, tuple(fqans), credential=credential, now=now)
         except LcasUnavailable as exc:
@@ -118,8 +119,6 @@ class Engines:
         self, dn: str, fqans: Sequence[str], credential: Any, policies: Sequence[str],
         *, now: datetime | None = None,
     ) -> Mapping:  # fmt: skip
-        from lcmaps.evaluation import MappingUnavailable, map_credential
-
         try:
             result = map_credential(
                 self.lcmaps, dn, fqans, credential=credential, policies=policies, now=now
@@ -142,9 +141,6 @@ class Engines:
                   checks: Sequence[tuple[str, bool]]) -> bool:
         """Do the credential-reading plugins of a kept mapping's run answer as they did, on
         ``credential``? False on a fault too (the full run then meets it and answers)."""
-        from lcmaps.evaluation import MappingUnavailable
-        from lcmaps.plugin_api import Request
-
         request = Request(dn=dn, fqans=tuple(fqans), credential=credential)
         try:
             return all(self.lcmaps.check(module, request) is result for module, result in checks)

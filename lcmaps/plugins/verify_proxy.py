@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from lcmaps.plugin_api import Plugin, PluginInitError, RunContext
@@ -110,8 +110,6 @@ class VerifyProxy(Plugin):
         cred = ctx.request.credential
         if cred is None:
             return ctx.fail(f"{NAME}: no certificate chain to verify")
-        from datetime import UTC, datetime
-
         from credentials.credential import check_chain
         from credentials.errors import CredentialError
 
