@@ -96,8 +96,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -193,19 +192,22 @@ def canonical_chain_key(
 _look = threading.local()
 
 
-@contextmanager
-def one_look() -> Iterator[None]:
+class one_look:  # lower case: it reads as a function, ``with one_look():``
     """Within this block (one verification) each path is ``stat``-ed once: the
     verification sees the files as they were when it first looked, and a change counts
-    from the next one. Nested blocks share the outer one's view."""
-    if getattr(_look, "stats", None) is not None:
-        yield
-        return
-    _look.stats = {}
-    try:
-        yield
-    finally:
-        _look.stats = None
+    from the next one. Nested blocks share the outer one's view. (A class, not a
+    generator: it wraps every query, and costs a third as much.)"""
+
+    __slots__ = ("outer",)
+
+    def __enter__(self) -> None:
+        self.outer = getattr(_look, "stats", None) is not None
+        if not self.outer:
+            _look.stats = {}
+
+    def __exit__(self, *_exc: object) -> None:
+        if not self.outer:
+            _look.stats = None
 
 
 _recheck = 0.0  # see "Re-check interval" above

@@ -53,7 +53,8 @@ _QUERY = re.compile(rb"<(?:[A-Za-z_][\w.\-]*:)?XACMLAuthzDecisionQuery(?=[\s/>])
 _ATTR = re.compile(rb"""\s+([^\s=/>"'<]+)\s*=\s*(?:"([^"<]*)"|'([^'<]*)')""")
 _TAG_END = re.compile(rb"\s*/?>")
 _SAFE = re.compile(rb"[A-Za-z0-9_.:+\-]{1,128}")
-_PEM_TEXT = re.compile(rb"-----BEGIN [A-Za-z0-9+/= \n\-]{1,65520}-----")
+_PEM_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \n-"
+_PEM_MAX = 65536
 _NAME = b"XACMLAuthzDecisionQuery"
 _VOLATILE = {b"ID": "request_id", b"IssueInstant": "issue_instant"}
 _CHAIN = b"chain"
@@ -76,7 +77,7 @@ def _split(body: bytes) -> tuple[_Skeleton, list[bytes]] | None:
     if _TAG_END.match(body, pos) is None or not spans:
         return None
     chain = _chain_span(body, pos)
-    if chain is not None and _PEM_TEXT.fullmatch(body, *chain) is not None and _literal(body):
+    if chain is not None and _pem_text(body[chain[0] : chain[1]]) and _literal(body):
         spans.append((_CHAIN, *chain))
     names = b" ".join(name for name, _, _ in spans)
     pieces, values, start = [names], [], 0
@@ -96,6 +97,13 @@ def _chain_span(body: bytes, after: int) -> tuple[int, int] | None:
         return None
     end = body.find(b"-----", last + len(_END))
     return None if end == -1 else (start, end + 5)
+
+
+def _pem_text(span: bytes) -> bool:
+    """``-----BEGIN `` ... ``-----``, at most 64 KiB, of PEM characters only (a regular
+    expression says the same at three times the cost)."""
+    return (len(span) <= _PEM_MAX and span.startswith(b"-----BEGIN ") and span.endswith(b"-----")
+            and not span.translate(None, _PEM_CHARS))
 
 
 def _literal(body: bytes) -> bool:
