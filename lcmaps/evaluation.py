@@ -209,7 +209,7 @@ class Engine:
                     ctx.checks.append((module, result))
                 ran_any = True
                 if self.observer is not None:
-                    self.observer(policy.name, module_name(state), result, ctx)
+                    self.observer(policy.name, module, result, ctx)
             state, rule, pidx = self._next(result, rule, pidx)
         if not ran_any:
             ctx.fail("no selected policy to evaluate")

@@ -14,15 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from lcas.chain import authorize
+from lcas.chain import Chain, LcasConfigError, authorize, load_chain
 from lcas.plugin_api import LcasUnavailable
-from lcmaps.evaluation import MappingUnavailable, map_credential
+from lcmaps.evaluation import Engine, MappingUnavailable, map_credential
 from lcmaps.plugin_api import Request
+from lcmaps.policy_db import PolicyDbError, load_policy_db
 from scas_server.config import ConfigError, ServerConfig
 
 if TYPE_CHECKING:
-    from lcas.chain import Chain
-    from lcmaps.evaluation import Engine
     from leases.store import LeaseStore
 
 __all__ = [
@@ -149,9 +148,6 @@ class Engines:
 
 
 def _load_lcmaps(path: str) -> tuple[Engine, list[str]]:
-    from lcmaps.evaluation import Engine
-    from lcmaps.policy_db import PolicyDbError, load_policy_db
-
     try:
         db = load_policy_db(path)
         return Engine(db), db.policy_names()
@@ -162,8 +158,6 @@ def _load_lcmaps(path: str) -> tuple[Engine, list[str]]:
 def _load_lcas(path: str) -> Chain:
     """The chain of ``path``; a plugin that cannot initialise refuses the configuration,
     as an LCMAPS plugin does (C liblcas would load and then deny everyone)."""
-    from lcas.chain import LcasConfigError, load_chain
-
     try:
         chain = load_chain(path)
     except LcasConfigError as exc:
