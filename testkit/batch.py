@@ -362,9 +362,11 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
     def scancel(self, job_id: str, *, user: str | None = None) -> None:
         self.run(["scancel", job_id], user=user)
 
-    def squeue(self, *, user: str | None = None) -> list[str]:
-        """Ids of the jobs slurmctld still has pending or running (of ``user`` if given)."""
+    def squeue(self, *, user: str | None = None, ended_too: bool = False) -> list[str]:
+        """Ids of the jobs slurmctld still has pending or running (of ``user`` if given);
+        ``ended_too``: also those that ended and slurmctld still remembers."""
         cmd = ["squeue", "-h", "-o", "%i"] + (["-u", user] if user else [])
+        cmd += ["-t", "all"] if ended_too else []
         return self.run(cmd, check=False).stdout.split()
 
     def job(self, job_id: str) -> JobInfo | None:

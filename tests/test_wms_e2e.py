@@ -90,13 +90,15 @@ def _wait(site: WmsSite, job_id: str, states: tuple[str, ...] = ("Done", "Aborte
 
 def _snapshot(site: WmsSite) -> tuple[set[str], set[str], int]:
     """What a refused submission must not add to: the jobs Slurm has seen (queued or
-    ended), the job directories, the CE's job rows."""
+    ended), the job directories, the CE's job rows. A job that has just ended can be in
+    neither the default queue listing nor yet the completion log, so every state is asked."""
     with sqlite3.connect(site.db_path) as db:
         rows = db.execute("SELECT count(*) FROM jobs").fetchone()[0]
     log = site.cluster.jobcomp_log
     ended = {f.split("=", 1)[1] for line in (log.read_text().splitlines() if log.exists() else [])
              for f in line.split() if f.startswith("JobId=")}  # fmt: skip
-    return set(site.cluster.squeue()) | ended, set(os.listdir(site.job_dir)), rows
+    return (set(site.cluster.squeue(ended_too=True)) | ended, set(os.listdir(site.job_dir)),
+            rows)
 
 
 def _refused(site: WmsSite, args: list[str], code: int, needle: str, user: str = "alice") -> str:
